@@ -1,0 +1,1 @@
+"""sense-ingest: multi-tenant receiver for the Evolution API webhook."""

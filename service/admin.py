@@ -1,0 +1,180 @@
+"""Registering tenants, sources and instances, and replaying quarantine: the operations behind
+both the ``sense`` CLI and the admin HTTP routes."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from service import db, payloads
+from service.events import PayloadError, build_ops
+from service.ingest import Committed, write_in
+from service.resolve import Instance, digest
+
+log = logging.getLogger("sense.admin")
+
+WEBHOOK_PREFIX = "/api/webhooks/evolution/"
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+class TenantCreated(msgspec.Struct):
+    id: str
+    name: str
+    token: str
+
+
+class SourceCreated(msgspec.Struct):
+    id: str
+    name: str
+    secret: str
+    webhook_path: str
+
+
+class InstanceCreated(msgspec.Struct):
+    id: str
+    tenant: str
+    source: str
+    name: str
+
+
+def _name(value: str, what: str) -> str:
+    value = (value or "").strip()
+    if not value or len(value) > 200:
+        raise AdminError(422, "invalid_name", f"{what} name must be 1-200 characters")
+    return value
+
+
+async def create_tenant(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> TenantCreated:
+    name = _name(name, "tenant")
+    token = "st_" + secrets.token_urlsafe(32)
+    tenant_id = uuid.uuid4()
+    try:
+        await conn.execute(
+            "INSERT INTO tenants (tenant_id, name, token_hash) VALUES ($1, $2, $3)",
+            tenant_id,
+            name,
+            digest(token),
+        )
+    except asyncpg.UniqueViolationError:
+        raise AdminError(409, "conflict", f"tenant {name!r} exists") from None
+    return TenantCreated(str(tenant_id), name, token)
+
+
+async def create_source(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> SourceCreated:
+    name = _name(name, "source")
+    secret = secrets.token_urlsafe(32)
+    source_id = uuid.uuid4()
+    try:
+        await conn.execute(
+            "INSERT INTO sources (source_id, name, secret_hash) VALUES ($1, $2, $3)",
+            source_id,
+            name,
+            digest(secret),
+        )
+    except asyncpg.UniqueViolationError:
+        raise AdminError(409, "conflict", f"source {name!r} exists") from None
+    return SourceCreated(str(source_id), name, secret, WEBHOOK_PREFIX + secret)
+
+
+async def _find(conn: Any, table: str, ref: str) -> asyncpg.Record:
+    id_column = {"tenants": "tenant_id", "sources": "source_id"}[table]
+    query = db.q(f"find_{table}")
+    try:
+        as_uuid: uuid.UUID | None = uuid.UUID(ref)
+    except (ValueError, TypeError, AttributeError):
+        as_uuid = None
+    row = await conn.fetchrow(query, as_uuid, str(ref))
+    if row is None:
+        raise AdminError(404, "not_found", f"no {table[:-1]} {ref!r}")
+    assert id_column in row
+    return row
+
+
+async def add_instance(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: str,
+    source: str,
+    name: str,
+    apikey: str | None = None,
+) -> InstanceCreated:
+    name = _name(name, "instance")
+    t = await _find(conn, "tenants", tenant)
+    s = await _find(conn, "sources", source)
+    instance_id = uuid.uuid4()
+    try:
+        await conn.execute(
+            db.q("insert_instance"), t["tenant_id"], instance_id, s["source_id"], name, apikey
+        )
+    except asyncpg.UniqueViolationError as exc:
+        where = "that source" if "source_id" in (exc.constraint_name or "") else "that tenant"
+        raise AdminError(409, "conflict", f"instance {name!r} is taken on {where}") from None
+    return InstanceCreated(str(instance_id), str(t["tenant_id"]), str(s["source_id"]), name)
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    replayed: int
+    committed: Committed
+
+
+async def replay_quarantine(
+    conn: asyncpg.Connection, source: str | None = None, instance: str | None = None
+) -> ReplayResult:
+    """Move quarantined events of now-registered instances into their tenant.
+
+    Chunks of rows are taken with SKIP LOCKED and deleted in the same transaction that writes
+    their rows, so concurrent replays (several processes) never apply one event twice.
+    """
+    await conn.execute(db.q("create_staging"))
+    source_id = None
+    if source is not None:
+        source_id = (await _find(conn, "sources", source))["source_id"]
+    total = 0
+    after = 0
+    committed = Committed()
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch(db.q("claim_quarantine"), source_id, instance, after, 200)
+            if not rows:
+                break
+            after = rows[-1]["quarantine_id"]
+            ops_done: list[int] = []
+            for r in rows:
+                inst = Instance(
+                    r["tenant_id"], r["instance_id"], r["source_id"], r["instance_name"], None
+                )
+                try:
+                    envelope = payloads.envelope_decoder.decode(r["body"])
+                    built = build_ops(envelope, inst)
+                except (msgspec.DecodeError, msgspec.ValidationError, PayloadError) as exc:
+                    log.warning("quarantined event %s cannot be replayed: %s", r[0], exc)
+                    continue
+                try:
+                    async with conn.transaction():  # a savepoint: one bad event skips alone
+                        part = await write_in(conn, built.ops)
+                except asyncpg.PostgresError as exc:
+                    log.warning("quarantined event %s cannot be replayed: %s", r[0], exc)
+                    continue
+                committed.created.extend(part.created)
+                committed.updated.extend(part.updated)
+                committed.analyzable.extend(part.analyzable)
+                committed.instances.extend(part.instances)
+                ops_done.append(r["quarantine_id"])
+            await conn.execute(db.q("delete_quarantine"), ops_done)
+            total += len(ops_done)
+    return ReplayResult(total, committed)
+
+
+async def list_quarantine(conn: Any, limit: int = 100) -> list[asyncpg.Record]:
+    return list(await conn.fetch(db.q("list_quarantine"), limit))

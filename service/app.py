@@ -1,0 +1,244 @@
+"""The Starlette application: ``create_app()`` and its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service import admin, api, db, webhook
+from service.events import EVENTS, IGNORED, KEPT_AS_EVENTS, Ops
+from service.http import JSON, error
+from service.ingest import Batcher, Writer
+from service.payloads import Envelope
+from service.resolve import Instance, Registry
+from service.settings import Settings, load_settings
+
+log = logging.getLogger("sense.app")
+
+_KNOWN_EVENTS = set(EVENTS) | IGNORED | KEPT_AS_EVENTS
+
+
+@dataclass
+class Services:
+    """What the routes share within one process."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    registry: Registry
+    batcher: Batcher
+    ready: bool = False
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def event_label(self, event: str) -> str:
+        """A bounded label for metrics: known event names, or "other"."""
+        return event if event in _KNOWN_EVENTS else "other"
+
+    def observe_webhook(self, event: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def count_overload(self) -> None:
+        pass
+
+    def quarantine_ops(self, source_id: uuid.UUID, env: Envelope, body: bytes) -> Ops:
+        return Ops(quarantine=[(source_id, env.instance, env.event, "unknown instance", body)])
+
+    def instance_names(self, tenant_id: uuid.UUID) -> dict[uuid.UUID, str]:
+        return {i.instance_id: i.name for i in self.registry.tenant_instances(tenant_id)}
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def replay_for(self, instances: list[Instance]) -> None:
+        """Replay quarantine for newly registered instances, once the batch in flight (which
+        may still have quarantined them under the old map) is committed."""
+        with contextlib.suppress(Exception):
+            await self.batcher.submit(Ops())
+        async with self.pool.acquire() as conn:
+            for inst in instances:
+                try:
+                    result = await admin.replay_quarantine(conn, str(inst.source_id), inst.name)
+                except Exception:
+                    log.exception("replay for %s failed", inst.name)
+                    continue
+                if result.replayed:
+                    log.info("replayed %d quarantined events for %s", result.replayed, inst.name)
+                    self.batcher.run_hooks(result.committed)
+
+
+def _admin_authorized(request: Request) -> Response | None:
+    services: Services = request.app.state.services
+    expected = services.settings.admin_token
+    if not expected:
+        return error(403, "forbidden", "admin API disabled: set SENSE_ADMIN_TOKEN")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    import hmac
+
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+        return error(401, "unauthorized", "admin token required", {"WWW-Authenticate": "Bearer"})
+    return None
+
+
+class TenantIn(msgspec.Struct):
+    name: str
+
+
+class SourceIn(msgspec.Struct):
+    name: str
+
+
+class InstanceIn(msgspec.Struct):
+    tenant: str
+    source: str
+    name: str
+    apikey: str | None = None
+
+
+class ReplayIn(msgspec.Struct):
+    source: str | None = None
+    instance: str | None = None
+
+
+async def _admin_body(request: Request, kind: type[Any]) -> Any:
+    body = await request.body()
+    return msgspec.json.decode(body or b"{}", type=kind)
+
+
+def _admin_route(kind: type[Any], action: Any, status: int = 201) -> Any:
+    async def handler(request: Request) -> Response:
+        denied = _admin_authorized(request)
+        if denied is not None:
+            return denied
+        services: Services = request.app.state.services
+        try:
+            payload = await _admin_body(request, kind)
+            result = await action(services, payload)
+        except msgspec.ValidationError as exc:
+            return error(422, "invalid_body", str(exc))
+        except msgspec.DecodeError as exc:
+            return error(400, "invalid_json", str(exc))
+        except admin.AdminError as exc:
+            return error(exc.status, exc.code, exc.detail)
+        return JSON(result, status_code=status)
+
+    return handler
+
+
+# Each registration reloads this process's map at once (others follow by NOTIFY), so what the
+# admin just created works on the very next request.
+
+
+async def _create_tenant(s: Services, body: TenantIn) -> Any:
+    created = await admin.create_tenant(s.pool, body.name)
+    await s.registry.load(s.pool)
+    return created
+
+
+async def _create_source(s: Services, body: SourceIn) -> Any:
+    created = await admin.create_source(s.pool, body.name)
+    await s.registry.load(s.pool)
+    return created
+
+
+async def _create_instance(s: Services, body: InstanceIn) -> Any:
+    created = await admin.add_instance(s.pool, body.tenant, body.source, body.name, body.apikey)
+    await s.registry.load(s.pool)
+    return created
+
+
+async def _replay(s: Services, body: ReplayIn) -> Any:
+    async with s.pool.acquire() as conn:
+        result = await admin.replay_quarantine(conn, body.source, body.instance)
+    s.batcher.run_hooks(result.committed)
+    return {"replayed": result.replayed}
+
+
+async def healthz(request: Request) -> Response:
+    return JSON({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    services: Services = request.app.state.services
+    try:
+        async with services.pool.acquire(timeout=2) as conn:
+            pending = await db.pending_migrations(conn)
+    except Exception as exc:
+        return error(503, "not_ready", f"database unreachable: {exc.__class__.__name__}")
+    if pending:
+        return error(503, "not_ready", f"migrations not applied: {', '.join(pending)}")
+    if not services.registry.loaded:
+        return error(503, "not_ready", "registry not loaded")
+    return JSON({"status": "ready"})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/webhooks/evolution/{secret}", webhook.receive, methods=["POST"]),
+        Route("/api/webhooks/evolution/{secret}/{suffix:path}", webhook.receive, methods=["POST"]),
+        Route("/api/v1/messages", api.list_messages, methods=["GET"]),
+        Route("/api/v1/messages/{instance}/{message_id:path}", api.get_message, methods=["GET"]),
+        Route("/api/v1/chats", api.list_chats, methods=["GET"]),
+        Route("/api/v1/instances", api.list_instances, methods=["GET"]),
+        Route("/api/admin/tenants", _admin_route(TenantIn, _create_tenant), methods=["POST"]),
+        Route("/api/admin/sources", _admin_route(SourceIn, _create_source), methods=["POST"]),
+        Route("/api/admin/instances", _admin_route(InstanceIn, _create_instance), methods=["POST"]),
+        Route(
+            "/api/admin/quarantine/replay",
+            _admin_route(ReplayIn, _replay, status=200),
+            methods=["POST"],
+        ),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+    if not settings.database_url:
+        raise SystemExit("SENSE_DATABASE_URL is required (or use `sense run`)")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        dsn = settings.database_url
+        assert dsn is not None
+        pool = await db.create_pool(dsn, settings.db_pool_size, settings.db_timeout_seconds)
+        registry = Registry()
+        writer = Writer(dsn, settings.db_timeout_seconds)
+        batcher = Batcher(
+            writer,
+            max_queued=settings.queue_max_requests,
+            max_batch_rows=settings.batch_max_rows,
+            max_batch_requests=settings.batch_max_requests,
+        )
+        services = Services(settings, pool, registry, batcher)
+        app.state.services = services
+        registry.on_new_instances(lambda added: services.spawn(services.replay_for(added)))
+        await registry.start(dsn, pool, settings.registry_refresh_seconds)
+        batcher.start()
+        services.ready = True
+        try:
+            yield
+        finally:
+            # Granian stopped accepting; write what is queued before going away.
+            await batcher.close()
+            await registry.stop()
+            for task in list(services._tasks):
+                task.cancel()
+            await pool.close()
+
+    app = Starlette(routes=routes(), lifespan=lifespan)
+    app.router.redirect_slashes = False
+    return app

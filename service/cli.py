@@ -1,0 +1,367 @@
+"""The ``sense`` command line (see design.md, "Command line")."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from service import admin, db
+from service.settings import Settings, SettingsError, load_settings
+
+DEMO = {"tenant": "demo", "source": "demo-evolution", "instance": "demo-instance"}
+
+
+def _print_json(value: Any) -> None:
+    print(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+class Environment:
+    """Settings plus, when no URL is configured, the embedded services under SENSE_DATA_DIR."""
+
+    def __init__(self, settings: Settings, *, want_redis: bool = False) -> None:
+        self.settings = settings
+        self.postgres: Any = None
+        self.redis: Any = None
+        overrides: dict[str, Any] = {}
+        if not settings.database_url:
+            from service.embedded import EmbeddedPostgres
+
+            self.postgres = EmbeddedPostgres(settings.data_path)
+            overrides["database_url"] = self.postgres.url
+        if want_redis and not settings.redis_url:
+            from service.embedded import EmbeddedRedis
+
+            self.redis = EmbeddedRedis(settings.data_path).start()
+            overrides["redis_url"] = self.redis.url
+        if overrides:
+            self.settings = msgspec.structs.replace(settings, **overrides)
+        # Child processes (Granian workers, the Dramatiq worker) read the same settings.
+        if self.settings.database_url:
+            os.environ["SENSE_DATABASE_URL"] = self.settings.database_url
+        if self.settings.redis_url:
+            os.environ["SENSE_REDIS_URL"] = self.settings.redis_url
+
+    @property
+    def dsn(self) -> str:
+        assert self.settings.database_url is not None
+        return self.settings.database_url
+
+    def close(self) -> None:
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def _with_db(env: Environment, action: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        conn = await db.connect(env.dsn)
+        try:
+            await db.migrate(conn)
+            return await action(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(main())
+
+
+def _admin_call(env: Environment, action: Callable[[Any], Awaitable[Any]]) -> int:
+    try:
+        result = _with_db(env, action)
+    except admin.AdminError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    _print_json(result)
+    return 0
+
+
+# commands -----------------------------------------------------------------------------
+
+
+def cmd_migrate(env: Environment, args: argparse.Namespace) -> int:
+    async def action(conn: Any) -> Any:
+        return await db.pending_migrations(conn)
+
+    _with_db(env, action)
+    print("migrations applied")
+    return 0
+
+
+def cmd_tenant_create(env: Environment, args: argparse.Namespace) -> int:
+    return _admin_call(env, lambda conn: admin.create_tenant(conn, args.name))
+
+
+def cmd_source_create(env: Environment, args: argparse.Namespace) -> int:
+    async def action(conn: Any) -> Any:
+        created = await admin.create_source(conn, args.name)
+        url = env.settings.base_url + created.webhook_path
+        return {**msgspec.structs.asdict(created), "webhook_url": url}
+
+    return _admin_call(env, action)
+
+
+def cmd_instance_add(env: Environment, args: argparse.Namespace) -> int:
+    async def action(conn: Any) -> Any:
+        created = await admin.add_instance(conn, args.tenant, args.source, args.name, args.apikey)
+        replay = await admin.replay_quarantine(conn, created.source, created.name)
+        return {**msgspec.structs.asdict(created), "replayed": replay.replayed}
+
+    return _admin_call(env, action)
+
+
+def cmd_quarantine_list(env: Environment, args: argparse.Namespace) -> int:
+    async def action(conn: Any) -> Any:
+        rows = await admin.list_quarantine(conn, args.limit)
+        return [
+            {
+                "id": r["quarantine_id"],
+                "source": r["source"],
+                "instance": r["instance_name"],
+                "event": r["event"],
+                "reason": r["reason"],
+                "bytes": r["bytes"],
+                "received_at": r["received_at"].isoformat(),
+            }
+            for r in rows
+        ]
+
+    return _admin_call(env, action)
+
+
+def cmd_quarantine_replay(env: Environment, args: argparse.Namespace) -> int:
+    async def action(conn: Any) -> Any:
+        result = await admin.replay_quarantine(conn, args.source, args.instance)
+        return {"replayed": result.replayed}
+
+    return _admin_call(env, action)
+
+
+def serve(settings: Settings, workers: int) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        "service.app:create_app",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=settings.host,
+        port=settings.port,
+        workers=workers,
+        backlog=4096,
+        log_access=False,
+        log_level=settings.log_level.lower(),  # type: ignore[arg-type]
+        workers_kill_timeout=30,
+    ).serve()
+
+
+def cmd_serve(env: Environment, args: argparse.Namespace) -> int:
+    async def action(conn: Any) -> Any:
+        return None
+
+    _with_db(env, action)  # migrations first, so every worker starts on the current schema
+    serve(env.settings, env.settings.workers)
+    return 0
+
+
+async def _ensure_demo(conn: Any, data_dir: Path) -> dict[str, str]:
+    """A demo tenant/source/instance; credentials kept in the data dir so reruns reuse them."""
+    path = data_dir / "demo.json"
+    saved: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    exists = await conn.fetchval("SELECT count(*) FROM tenants WHERE name = $1", DEMO["tenant"])
+    if saved and exists:
+        return saved
+    from service.resolve import digest
+
+    token, secret = saved.get("token"), saved.get("secret")
+    if not exists:
+        tenant = await admin.create_tenant(conn, DEMO["tenant"])
+        token = tenant.token
+    if not token:
+        token = "st_" + secrets.token_urlsafe(32)
+        await conn.execute(
+            "UPDATE tenants SET token_hash = $2 WHERE name = $1", DEMO["tenant"], digest(token)
+        )
+    has_source = await conn.fetchval("SELECT count(*) FROM sources WHERE name = $1", DEMO["source"])
+    if not has_source:
+        secret = (await admin.create_source(conn, DEMO["source"])).secret
+    elif not secret:
+        secret = secrets.token_urlsafe(32)
+        await conn.execute(
+            "UPDATE sources SET secret_hash = $2 WHERE name = $1", DEMO["source"], digest(secret)
+        )
+    has_instance = await conn.fetchval(
+        "SELECT count(*) FROM instances WHERE name = $1", DEMO["instance"]
+    )
+    if not has_instance:
+        await admin.add_instance(conn, DEMO["tenant"], DEMO["source"], DEMO["instance"])
+    assert token and secret
+    saved = {"token": token, "secret": secret}
+    path.write_text(json.dumps(saved))
+    path.chmod(0o600)
+    return saved
+
+
+SAMPLE = {
+    "event": "messages.upsert",
+    "instance": DEMO["instance"],
+    "data": {
+        "key": {"remoteJid": "5511999999999@s.whatsapp.net", "fromMe": False, "id": "DEMO0001"},
+        "pushName": "João Silva",
+        "status": "DELIVERY_ACK",
+        "message": {"conversation": "Olá, adorei o atendimento de vocês!"},
+        "messageType": "conversation",
+        "messageTimestamp": 1781500060,
+    },
+    "date_time": "2026-06-15T10:26:40.120Z",
+    "sender": "5511900000001@s.whatsapp.net",
+    "server_url": "http://localhost:8080",
+    "apikey": None,
+}
+
+
+def cmd_run(env: Environment, args: argparse.Namespace) -> int:
+    settings = env.settings
+    data_dir = settings.data_path
+    if not settings.admin_token:
+        token_file = data_dir / "admin_token"
+        if not token_file.exists():
+            token_file.write_text(secrets.token_urlsafe(32))
+            token_file.chmod(0o600)
+        os.environ["SENSE_ADMIN_TOKEN"] = token_file.read_text().strip()
+        settings = env.settings = msgspec.structs.replace(
+            settings, admin_token=os.environ["SENSE_ADMIN_TOKEN"]
+        )
+    demo = _with_db(env, lambda conn: _ensure_demo(conn, data_dir))
+    base = settings.base_url
+    body = json.dumps(SAMPLE, ensure_ascii=False)
+    print(
+        f"""
+sense-ingest is running at {base}
+  dashboard     {base}/
+  data          {data_dir}
+  admin token   {settings.admin_token}   (Authorization: Bearer …, for /api/admin/*)
+
+demo tenant '{DEMO["tenant"]}' token: {demo["token"]}
+demo source '{DEMO["source"]}' webhook URL (point Evolution's WEBHOOK_GLOBAL_URL here):
+  {base}/api/webhooks/evolution/{demo["secret"]}
+demo instance: {DEMO["instance"]}
+
+try it:
+  curl -s -X POST {base}/api/webhooks/evolution/{demo["secret"]}/messages-upsert \\
+       -H 'Content-Type: application/json' -d '{body}'
+  curl -s -H 'Authorization: Bearer {demo["token"]}' {base}/api/v1/messages/{DEMO["instance"]}/DEMO0001
+""",
+        flush=True,
+    )
+    try:
+        serve(settings, args.workers or settings.workers)
+    finally:
+        env.close()
+    return 0
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    """Needs no database: it only talks HTTP to a running server."""
+    from service.simulate import simulate
+
+    secret = args.secret
+    if secret is None:
+        demo_file = settings.data_path / "demo.json"
+        if not demo_file.exists():
+            print("error: give --secret (no demo source in SENSE_DATA_DIR)", file=sys.stderr)
+            return 2
+        secret = json.loads(demo_file.read_text())["secret"]
+    instances = args.instance or [DEMO["instance"]]
+    result = asyncio.run(
+        simulate(args.url or settings.base_url, secret, instances, args.rate, args.duration)
+    )
+    _print_json(result)
+    return 0 if result["errors"] == 0 else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="sense", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="everything on this machine, zero setup")
+    run.add_argument("--port", type=int)
+    run.add_argument("--host")
+    run.add_argument("--workers", type=int, help="Granian worker processes")
+    run.set_defaults(func=cmd_run, redis=True)
+
+    serve_p = sub.add_parser("serve", help="the HTTP server (production)")
+    serve_p.add_argument("--port", type=int)
+    serve_p.add_argument("--host")
+    serve_p.add_argument("--workers", type=int, help="Granian worker processes")
+    serve_p.set_defaults(func=cmd_serve, redis=False)
+
+    sub.add_parser("migrate", help="apply schema migrations").set_defaults(func=cmd_migrate)
+
+    tenant = sub.add_parser("tenant").add_subparsers(dest="action", required=True)
+    t_create = tenant.add_parser("create", help="create a tenant; prints its token once")
+    t_create.add_argument("name")
+    t_create.set_defaults(func=cmd_tenant_create)
+
+    source = sub.add_parser("source").add_subparsers(dest="action", required=True)
+    s_create = source.add_parser("create", help="an Evolution server; prints its webhook URL")
+    s_create.add_argument("name")
+    s_create.set_defaults(func=cmd_source_create)
+
+    instance = sub.add_parser("instance").add_subparsers(dest="action", required=True)
+    i_add = instance.add_parser("add", help="map an Evolution instance to a tenant")
+    i_add.add_argument("--tenant", required=True)
+    i_add.add_argument("--source", required=True)
+    i_add.add_argument("--apikey")
+    i_add.add_argument("name")
+    i_add.set_defaults(func=cmd_instance_add)
+
+    quarantine = sub.add_parser("quarantine").add_subparsers(dest="action", required=True)
+    q_list = quarantine.add_parser("list", help="events of unknown instances")
+    q_list.add_argument("--limit", type=int, default=100)
+    q_list.set_defaults(func=cmd_quarantine_list)
+    q_replay = quarantine.add_parser("replay", help="replay them into registered instances")
+    q_replay.add_argument("--source")
+    q_replay.add_argument("--instance")
+    q_replay.set_defaults(func=cmd_quarantine_replay)
+
+    sim = sub.add_parser("simulate", help="post synthetic Evolution traffic to a running server")
+    sim.add_argument("--rate", type=float, default=100.0, help="requests per second")
+    sim.add_argument("--duration", type=float, default=10.0, help="seconds")
+    sim.add_argument("--url", help="server base URL (default: SENSE_PUBLIC_URL or host:port)")
+    sim.add_argument("--secret", help="source webhook secret (default: the demo source)")
+    sim.add_argument("--instance", action="append", help="instance name(s) to post as")
+    sim.set_defaults(func=cmd_simulate)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        settings = load_settings(
+            port=getattr(args, "port", None),
+            host=getattr(args, "host", None),
+            workers=getattr(args, "workers", None),
+        )
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "simulate":
+        return cmd_simulate(settings, args)
+    env = Environment(settings, want_redis=getattr(args, "redis", False))
+    try:
+        return int(args.func(env, args))
+    finally:
+        env.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

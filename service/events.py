@@ -1,0 +1,580 @@
+"""From one decoded Evolution event to the rows it writes (no I/O).
+
+``build_ops`` turns an envelope into an ``Ops``: message upserts and annotations (status,
+edit, delete, reaction, all keyed by the target message id), contacts, the @lid -> phone pairs
+learned, chats, groups, instance state / QR, and other events kept as received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from service import payloads as p
+from service._native import jid_kind, normalize_jid, resolve_addresses
+from service.content import describe, quoted_message_id, unwrap
+from service.resolve import Instance
+
+# Status ranks: only ever move up. ERROR outranks PENDING only (a send that failed), so a
+# late ERROR never hides a delivery that did happen.
+STATUS_RANK = {
+    "PENDING": 10,
+    "ERROR": 15,
+    "SERVER_ACK": 20,
+    "DELIVERY_ACK": 30,
+    "READ": 40,
+    "PLAYED": 50,
+}
+STATUS_NAME = {
+    10: "pending",
+    15: "error",
+    20: "server_ack",
+    30: "delivered",
+    40: "read",
+    50: "played",
+}
+# renderStatus numbering (src/utils/renderStatus.ts)
+_STATUS_BY_NUMBER = ["ERROR", "PENDING", "SERVER_ACK", "DELIVERY_ACK", "READ", "PLAYED"]
+
+# protocolMessage.type (WAProto): REVOKE = 0, MESSAGE_EDIT = 14
+_REVOKE = {"0", "REVOKE"}
+_EDIT = {"14", "MESSAGE_EDIT"}
+# An edit without its own timestamp ranks below every timestamped one.
+UNTIMED_EDIT = 1
+
+
+class PayloadError(ValueError):
+    """The body is not a usable Evolution webhook (answered 400)."""
+
+
+def status_rank(value: str | int | None) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if 0 <= value < len(_STATUS_BY_NUMBER):
+            return STATUS_RANK[_STATUS_BY_NUMBER[value]]
+        return None
+    return STATUS_RANK.get(value.strip().upper())
+
+
+@dataclass(slots=True)
+class MessageOp:
+    tenant_id: uuid.UUID
+    instance_id: uuid.UUID
+    message_id: str
+    has_content: bool = False
+    chat_jid: str | None = None
+    chat_type: str | None = None
+    sender_jid: str | None = None
+    sender_phone: str | None = None
+    from_me: bool | None = None
+    push_name: str | None = None
+    type: str | None = None
+    text: str | None = None
+    quoted_message_id: str | None = None
+    message_ts: datetime | None = None
+    status: int | None = None
+    edited_text: str | None = None
+    edit_ts: int | None = None
+    deleted: bool = False
+    reactions: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def key(self) -> tuple[uuid.UUID, uuid.UUID, str]:
+        return (self.tenant_id, self.instance_id, self.message_id)
+
+    def record(self) -> tuple[Any, ...]:
+        return (
+            self.tenant_id,
+            self.instance_id,
+            self.message_id,
+            self.has_content,
+            self.chat_jid,
+            self.chat_type,
+            self.sender_jid,
+            self.sender_phone,
+            self.from_me,
+            self.push_name,
+            self.type,
+            self.text,
+            self.quoted_message_id,
+            self.message_ts,
+            self.status,
+            self.edited_text,
+            self.edit_ts,
+            self.deleted,
+            msgspec.json.encode(self.reactions or {}).decode(),
+        )
+
+
+MESSAGE_COLUMNS = [
+    "tenant_id",
+    "instance_id",
+    "message_id",
+    "has_content",
+    "chat_jid",
+    "chat_type",
+    "sender_jid",
+    "sender_phone",
+    "from_me",
+    "push_name",
+    "type",
+    "text",
+    "quoted_message_id",
+    "message_ts",
+    "status",
+    "edited_text",
+    "edit_ts",
+    "deleted",
+    "reactions",
+]
+
+
+def _newer_reactions(
+    a: dict[str, dict[str, Any]] | None, b: dict[str, dict[str, Any]] | None
+) -> dict[str, dict[str, Any]] | None:
+    if not a:
+        return b
+    if not b:
+        return a
+    out = dict(a)
+    for by, reaction in b.items():
+        current = out.get(by)
+        if current is None or (reaction.get("ts") or 0) > (current.get("ts") or 0):
+            out[by] = reaction
+    return out
+
+
+def merge_message_ops(a: MessageOp, b: MessageOp) -> MessageOp:
+    """The merge the upsert does in SQL, for two ops on one key within a batch (a came first)."""
+    merged = replace(a if a.has_content or not b.has_content else b)
+    if a.status is not None or b.status is not None:
+        merged.status = max(s for s in (a.status, b.status) if s is not None)
+    merged.edit_ts, merged.edited_text = a.edit_ts, a.edited_text
+    if b.edit_ts is not None and (
+        a.edit_ts is None
+        or b.edit_ts > a.edit_ts
+        or (b.edit_ts == a.edit_ts and a.edited_text is None)
+    ):
+        merged.edit_ts, merged.edited_text = b.edit_ts, b.edited_text
+    merged.deleted = a.deleted or b.deleted
+    merged.reactions = _newer_reactions(a.reactions, b.reactions)
+    return merged
+
+
+@dataclass(slots=True)
+class Ops:
+    """Everything one request (or one batch) writes."""
+
+    messages: list[MessageOp] = field(default_factory=list)
+    lid_pairs: list[tuple[uuid.UUID, str, str]] = field(default_factory=list)
+    contacts: list[tuple[Any, ...]] = field(default_factory=list)
+    chats: list[tuple[Any, ...]] = field(default_factory=list)
+    groups: list[tuple[Any, ...]] = field(default_factory=list)
+    instance_states: list[tuple[Any, ...]] = field(default_factory=list)
+    qrcodes: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    quarantine: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def row_count(self) -> int:
+        return (
+            len(self.messages)
+            + len(self.lid_pairs)
+            + len(self.contacts)
+            + len(self.chats)
+            + len(self.groups)
+            + len(self.instance_states)
+            + len(self.qrcodes)
+            + len(self.events)
+            + len(self.quarantine)
+        )
+
+    def extend(self, other: Ops) -> None:
+        self.messages.extend(other.messages)
+        self.lid_pairs.extend(other.lid_pairs)
+        self.contacts.extend(other.contacts)
+        self.chats.extend(other.chats)
+        self.groups.extend(other.groups)
+        self.instance_states.extend(other.instance_states)
+        self.qrcodes.extend(other.qrcodes)
+        self.events.extend(other.events)
+        self.quarantine.extend(other.quarantine)
+
+
+def _clean(text: str | None) -> str | None:
+    """Postgres text cannot hold NUL."""
+    if text is None:
+        return None
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
+def _timestamp(value: p.Int64) -> datetime | None:
+    seconds = p.as_int(value)
+    if seconds is None or seconds <= 0:
+        return None
+    if seconds > 100_000_000_000:  # milliseconds
+        seconds //= 1000
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _str(value: str | None) -> str | None:
+    return value if value else None
+
+
+class EventBuilder:
+    """Builds the Ops of one envelope for one registered instance."""
+
+    def __init__(self, instance: Instance, envelope: p.Envelope, received_ms: int) -> None:
+        self.inst = instance
+        self.env = envelope
+        self.received_ms = received_ms
+        self.owner = normalize_jid(envelope.sender)
+        self.ops = Ops()
+
+    # messages ---------------------------------------------------------------------------
+
+    def _addresses(self, key: p.MessageKey, from_me: bool) -> tuple[Any, ...]:
+        chat_jid, chat_type, sender_jid, sender_phone, pairs = resolve_addresses(
+            _str(key.remote_jid),
+            _str(key.remote_jid_alt),
+            _str(key.sender_pn),
+            _str(key.sender_lid),
+            _str(key.previous_remote_jid),
+            _str(key.participant),
+            _str(key.participant_alt),
+            _str(key.participant_pn),
+            _str(key.participant_lid),
+            from_me,
+            self.owner,
+        )
+        for lid, phone in pairs:
+            self.ops.lid_pairs.append((self.inst.tenant_id, lid, phone))
+        return chat_jid, chat_type, sender_jid, sender_phone
+
+    def _op(self, message_id: str) -> MessageOp:
+        op = MessageOp(self.inst.tenant_id, self.inst.instance_id, _clean(message_id) or "")
+        self.ops.messages.append(op)
+        return op
+
+    def message(self, data: p.MessageData, raw_id: Callable[[], str]) -> None:
+        if data.messages:
+            for inner in data.messages:
+                self.message(inner, raw_id)
+            if data.key is None:
+                return
+        key = data.key or p.MessageKey()
+        from_me = p.as_bool(key.from_me)
+        chat_jid, chat_type, sender_jid, sender_phone = self._addresses(key, from_me)
+        content = data.message
+        m = unwrap(content) if content is not None else None
+        ts = _timestamp(data.message_timestamp)
+        if m is not None and m.protocol_message is not None:
+            self.protocol(m.protocol_message)
+            return
+        if m is not None and m.reaction_message is not None:
+            reaction = m.reaction_message
+            target = reaction.key.id if reaction.key is not None else None
+            if target and sender_jid:
+                when = p.as_int(reaction.sender_timestamp_ms)
+                if when is None:
+                    when = int(ts.timestamp() * 1000) if ts else self.received_ms
+                op = self._op(target)
+                op.reactions = {sender_jid: {"emoji": _clean(reaction.text) or "", "ts": when}}
+            return
+        kind, text = describe(m, content.speech_to_text) if m is not None else ("other", None)
+        op = self._op(key.id or raw_id())
+        op.has_content = True
+        op.chat_jid, op.chat_type = chat_jid, chat_type
+        op.sender_jid, op.sender_phone = sender_jid, sender_phone
+        op.from_me = from_me
+        op.push_name = _clean(_str(data.push_name))
+        op.type = kind
+        op.text = _clean(text)
+        op.quoted_message_id = _clean(quoted_message_id(data, m))
+        # no timestamp at all: file it at arrival time, so it still sorts
+        op.message_ts = ts or datetime.fromtimestamp(self.received_ms / 1000, UTC)
+        op.status = status_rank(data.status)
+
+    def protocol(self, proto: p.ProtocolMessage) -> None:
+        """messages.edited / send.message.update: edits and revokes, keyed by the target id."""
+        kind = str(proto.type).upper() if proto.type is not None else ""
+        target = proto.key.id if proto.key is not None else None
+        if not target:
+            return  # EPHEMERAL_SETTING and friends carry no key: nothing to annotate
+        if kind in _REVOKE:
+            self._op(target).deleted = True
+        elif kind in _EDIT:
+            op = self._op(target)
+            when = p.as_int(proto.timestamp_ms)
+            op.edit_ts = when if when and when > UNTIMED_EDIT else UNTIMED_EDIT
+            if proto.edited_message is not None:
+                op.edited_text = _clean(describe(unwrap(proto.edited_message))[1])
+
+    def update(self, upd: p.MessageUpdate) -> None:
+        target = upd.key_id or (upd.key.id if upd.key is not None else None)
+        if not target:
+            return
+        status = upd.status
+        message = upd.message
+        if upd.update is not None:
+            status = status if status is not None else upd.update.status
+            message = message if message is not None else upd.update.message
+        if message is not None:
+            # 2.3.7: an edit arrives as SERVER_ACK + {editedMessage: {message: ...}}
+            inner = unwrap(message)
+            if inner.protocol_message is not None and inner.protocol_message.edited_message:
+                inner = unwrap(inner.protocol_message.edited_message)
+            text = describe(inner)[1]
+            if text is not None:
+                op = self._op(target)
+                op.edit_ts, op.edited_text = UNTIMED_EDIT, _clean(text)
+                return
+        rank = status_rank(status)
+        # "DELETED" here is how 2.3.0-2.3.4 report an edit (#2010); real deletes come as
+        # messages.delete. Unknown statuses change nothing.
+        if rank is not None:
+            self._op(target).status = rank
+
+    def delete(self, d: p.MessageDelete) -> None:
+        keys = list(d.keys or [])
+        if d.key is not None:
+            keys.append(d.key)
+        elif d.id:
+            keys.append(p.MessageKey(id=d.id))
+        for key in keys:
+            if key.id:
+                self._op(key.id).deleted = True
+
+    # the rest ---------------------------------------------------------------------------
+
+    def contact(self, c: p.ContactData) -> None:
+        jid = normalize_jid(c.remote_jid or c.jid or c.id)
+        if jid is None:
+            return
+        kind = jid_kind(jid)
+        phone = normalize_jid(c.phone_number)
+        lid = normalize_jid(c.lid)
+        if kind == "lid" and phone and jid_kind(phone) == "user":
+            self.ops.lid_pairs.append((self.inst.tenant_id, jid, phone))
+        elif kind == "user" and lid and jid_kind(lid) == "lid":
+            self.ops.lid_pairs.append((self.inst.tenant_id, lid, jid))
+        self.ops.contacts.append(
+            (
+                self.inst.tenant_id,
+                self.inst.instance_id,
+                jid,
+                _clean(_str(c.push_name) or _str(c.name)),
+                _clean(_str(c.profile_pic_url)),
+            )
+        )
+
+    def chat(self, c: p.ChatData | str, deleted: bool) -> None:
+        if isinstance(c, str):
+            jid, name, unread = normalize_jid(c), None, None
+        else:
+            # on a pushName change 2.3.x sends [{id: <Evolution's db id>, name}]: no JID to file
+            jid, name, unread = normalize_jid(c.remote_jid), c.name, p.as_int(c.unread_messages)
+        if jid is None:
+            return
+        self.ops.chats.append(
+            (
+                self.inst.tenant_id,
+                self.inst.instance_id,
+                jid,
+                jid_kind(jid),
+                _clean(_str(name)),
+                unread,
+                deleted,
+            )
+        )
+
+    def group(self, raw: msgspec.Raw) -> None:
+        meta = p.decode_data(raw, p.GroupMetadata)
+        jid = normalize_jid(meta.id)
+        if jid is None:
+            return
+        self.ops.groups.append(
+            (
+                self.inst.tenant_id,
+                self.inst.instance_id,
+                jid,
+                _clean(_str(meta.subject)),
+                sanitize_json(bytes(raw)).decode(),
+            )
+        )
+
+    def connection(self, c: p.ConnectionUpdate) -> None:
+        if not c.state:
+            return
+        reason = p.as_int(c.status_reason)
+        self.ops.instance_states.append(
+            (
+                self.inst.tenant_id,
+                self.inst.instance_id,
+                c.state,
+                reason,
+                normalize_jid(c.wuid),
+                _clean(_str(c.profile_name)),
+            )
+        )
+
+    def qrcode(self, q: p.QrUpdate, raw: msgspec.Raw) -> None:
+        if q.qrcode is None:  # {message, statusCode: 500}: the QR limit was reached
+            self.event(raw)
+            return
+        qr = q.qrcode
+        self.ops.qrcodes.append(
+            (self.inst.tenant_id, self.inst.instance_id, qr.code, qr.base64, qr.pairing_code)
+        )
+
+    def event(self, raw: msgspec.Raw) -> None:
+        self.ops.events.append(
+            (
+                self.inst.tenant_id,
+                self.inst.instance_id,
+                self.env.event,
+                sanitize_json(bytes(raw)).decode(),
+            )
+        )
+
+
+def sanitize_json(raw: bytes) -> bytes:
+    """jsonb rejects the \\u0000 escape; replace it (and guard against an odd backslash run)."""
+    if b"\\u0000" not in raw:
+        return raw
+    return raw.replace(b"\\u0000", b"\\ufffd")
+
+
+def canonical_event(name: str) -> str:
+    """`messages.upsert`, `MESSAGES_UPSERT` and `messages-upsert` are the same event."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+# event -> (data type, handler); the handler gets (builder, decoded data, raw data)
+Handler = Callable[[EventBuilder, Any, msgspec.Raw], None]
+
+
+def _messages(b: EventBuilder, data: Any, raw: msgspec.Raw) -> None:
+    items = p.as_list(data)
+    for index, item in enumerate(items):
+
+        def raw_id(index: int = index) -> str:
+            # No key.id: a stable id from the bytes, so a retry dedupes like any message.
+            digest = hashlib.sha256(bytes(raw)).hexdigest()[:24]
+            return f"sense-{digest}-{index}"
+
+        b.message(item, raw_id)
+
+
+def _for_each(method: Callable[[EventBuilder, Any], None]) -> Handler:
+    def handler(b: EventBuilder, data: Any, raw: msgspec.Raw) -> None:
+        for item in p.as_list(data):
+            method(b, item)
+
+    return handler
+
+
+def _chats(deleted: bool) -> Handler:
+    def handler(b: EventBuilder, data: Any, raw: msgspec.Raw) -> None:
+        for item in p.as_list(data):
+            b.chat(item, deleted)
+
+    return handler
+
+
+def _groups(b: EventBuilder, data: Any, raw: msgspec.Raw) -> None:
+    for item in p.as_list(data):
+        b.group(item)
+
+
+def _event(b: EventBuilder, data: Any, raw: msgspec.Raw) -> None:
+    b.event(raw)
+
+
+RawList = list[msgspec.Raw] | msgspec.Raw
+
+EVENTS: dict[str, tuple[Any, Handler]] = {
+    "messagesupsert": (p.Upserts, _messages),
+    "sendmessage": (p.Upserts, _messages),
+    "messagesset": (p.Upserts, _messages),
+    "messagesupdate": (p.Updates, _for_each(EventBuilder.update)),
+    "messagesdelete": (p.Deletes, _for_each(EventBuilder.delete)),
+    "messagesedited": (p.Protocols, _for_each(EventBuilder.protocol)),
+    "sendmessageupdate": (p.Protocols, _for_each(EventBuilder.protocol)),
+    "connectionupdate": (p.ConnectionUpdate, _for_each(EventBuilder.connection)),
+    "qrcodeupdated": (p.QrUpdate, lambda b, data, raw: b.qrcode(data, raw)),
+    "contactsupsert": (p.Contacts, _for_each(EventBuilder.contact)),
+    "contactsupdate": (p.Contacts, _for_each(EventBuilder.contact)),
+    "contactsset": (p.Contacts, _for_each(EventBuilder.contact)),
+    "chatsupsert": (p.Chats, _chats(deleted=False)),
+    "chatsupdate": (p.Chats, _chats(deleted=False)),
+    "chatsset": (p.Chats, _chats(deleted=False)),
+    "chatsdelete": (p.Chats, _chats(deleted=True)),
+    "groupsupsert": (RawList, _groups),
+    "groupsupdate": (RawList, _groups),
+}
+
+# Consciously acknowledged without storing: ephemeral or chatbot-internal (answered 202).
+IGNORED = {
+    "presenceupdate",
+    "typebotstart",
+    "typebotchangestatus",
+    "applicationstartup",
+}
+
+
+@dataclass(slots=True)
+class Built:
+    ops: Ops
+    outcome: str  # "stored" | "ignored" | "unrecognized"
+
+
+def build_ops(envelope: p.Envelope, instance: Instance, received_ms: int | None = None) -> Built:
+    """The rows one envelope writes under ``instance``; PayloadError if ``data`` is unusable."""
+    event = canonical_event(envelope.event)
+    builder = EventBuilder(instance, envelope, received_ms or int(time.time() * 1000))
+    if event in IGNORED:
+        return Built(builder.ops, "ignored")
+    spec = EVENTS.get(event)
+    if spec is None:
+        # Known-but-tableless (calls, labels, group participants, instance lifecycle) and
+        # unknown future events are kept as received.
+        builder.event(envelope.data)
+        known = event in KEPT_AS_EVENTS
+        return Built(builder.ops, "stored" if known else "unrecognized")
+    kind, handler = spec
+    try:
+        data = p.decode_data(envelope.data, kind)
+        handler(builder, data, envelope.data)
+    except msgspec.ValidationError as exc:
+        raise PayloadError(_at_data(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"data: {exc}") from None
+    return Built(builder.ops, "stored")
+
+
+KEPT_AS_EVENTS = {
+    "groupparticipantsupdate",
+    "call",
+    "labelsedit",
+    "labelsassociation",
+    "instancecreate",
+    "instancedelete",
+    "logoutinstance",
+    "removeinstance",
+    "statusinstance",
+}
+
+
+def _at_data(message: str) -> str:
+    return message.replace("`$", "`$.data", 1)

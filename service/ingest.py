@@ -1,0 +1,331 @@
+"""Group commit: requests queue their rows; one flusher per process writes each batch in one
+transaction (COPY into staging tables, then INSERT ... ON CONFLICT) and only then releases the
+requests waiting on it. Knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from service import db
+from service.events import MESSAGE_COLUMNS, MessageOp, Ops, merge_message_ops
+
+log = logging.getLogger("sense.ingest")
+
+
+class Overloaded(Exception):
+    """The ingest queue is full (answer 503 + Retry-After)."""
+
+
+class Unavailable(Exception):
+    """The database cannot be written right now (answer 503 + Retry-After)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """What to keep in quarantine if this request's rows cannot be written."""
+
+    source_id: uuid.UUID
+    instance_name: str
+    event: str
+    body: bytes
+
+
+@dataclass(slots=True)
+class Committed:
+    """What one transaction changed, for the post-commit hooks (enrichment, live stream)."""
+
+    created: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
+    updated: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
+    analyzable: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
+    instances: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
+    rows: int = 0
+
+
+def merge_messages(ops: list[MessageOp]) -> list[MessageOp]:
+    merged: dict[tuple[uuid.UUID, uuid.UUID, str], MessageOp] = {}
+    for op in ops:
+        current = merged.get(op.key)
+        merged[op.key] = op if current is None else merge_message_ops(current, op)
+    return list(merged.values())
+
+
+class Writer:
+    """Writes Ops in one transaction on its own connection (it owns the staging tables)."""
+
+    def __init__(self, dsn: str, timeout: float) -> None:
+        self.dsn = dsn
+        self.timeout = timeout
+        self._conn: asyncpg.Connection | None = None
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = None
+            conn = await asyncpg.connect(self.dsn, timeout=self.timeout)
+            await conn.execute(db.q("create_staging"))
+            self._conn = conn
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()
+
+    def reset(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+        self._conn = None
+
+    async def write(self, ops: Ops) -> Committed:
+        conn = await self._connection()
+        async with conn.transaction():
+            return await write_in(conn, ops)
+
+
+async def write_in(conn: asyncpg.Connection, ops: Ops) -> Committed:
+    """Write ``ops`` inside the caller's transaction (staging tables must exist)."""
+    done = Committed(rows=ops.row_count())
+    if ops.lid_pairs:
+        await conn.copy_records_to_table(
+            "stage_lid", records=ops.lid_pairs, columns=["tenant_id", "lid_jid", "phone_jid"]
+        )
+        await conn.execute(db.q("upsert_lid_map"))
+    if ops.messages:
+        records = [op.record() for op in merge_messages(ops.messages)]
+        await conn.copy_records_to_table(
+            "stage_messages", records=records, columns=MESSAGE_COLUMNS
+        )
+        for r in await conn.fetch(db.q("upsert_messages")):
+            key = (r["tenant_id"], r["instance_id"], r["message_id"])
+            if r["created"]:
+                done.created.append(key)
+                if r["analysis_state"] == "pending":
+                    done.analyzable.append(key)
+            elif r["has_content"]:
+                done.updated.append(key)
+    if ops.contacts:
+        await conn.copy_records_to_table(
+            "stage_contacts",
+            records=ops.contacts,
+            columns=["tenant_id", "instance_id", "jid", "push_name", "profile_pic_url"],
+        )
+        await conn.execute(db.q("upsert_contacts"))
+    if ops.chats:
+        await conn.copy_records_to_table(
+            "stage_chats",
+            records=ops.chats,
+            columns=[
+                "tenant_id",
+                "instance_id",
+                "chat_jid",
+                "chat_type",
+                "name",
+                "unread",
+                "deleted",
+            ],
+        )
+        await conn.execute(db.q("upsert_chats"))
+    if ops.groups:
+        await conn.copy_records_to_table(
+            "stage_groups",
+            records=ops.groups,
+            columns=["tenant_id", "instance_id", "group_jid", "subject", "metadata"],
+        )
+        await conn.execute(db.q("upsert_groups"))
+    if ops.instance_states:
+        await conn.executemany(db.q("update_instance_state"), ops.instance_states)
+        done.instances.extend((t, i, "state") for t, i, *_ in ops.instance_states)
+    if ops.qrcodes:
+        await conn.executemany(db.q("update_instance_qr"), ops.qrcodes)
+        done.instances.extend((t, i, "qrcode") for t, i, *_ in ops.qrcodes)
+    if ops.events:
+        await conn.copy_records_to_table(
+            "events",
+            records=ops.events,
+            columns=["tenant_id", "instance_id", "event", "data"],
+        )
+    if ops.quarantine:
+        await conn.copy_records_to_table(
+            "quarantine",
+            records=ops.quarantine,
+            columns=["source_id", "instance_name", "event", "reason", "body"],
+        )
+    return done
+
+
+CommitHook = Callable[[Committed], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Item:
+    ops: Ops
+    fallback: Fallback | None
+    future: asyncio.Future[str]
+
+
+class Batcher:
+    """The bounded in-process queue and its single flusher."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        max_queued: int,
+        max_batch_rows: int,
+        max_batch_requests: int,
+        on_flush: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.max_queued = max_queued
+        self.max_batch_rows = max_batch_rows
+        self.max_batch_requests = max_batch_requests
+        self.hooks: list[CommitHook] = []
+        self.on_flush = on_flush
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+        self._down_until = 0.0
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sense-flusher")
+
+    async def submit(self, ops: Ops, fallback: Fallback | None = None) -> str:
+        """Queue ``ops`` and wait until they are committed. Returns "stored" or "quarantined"
+        (rows that could not be written were kept in quarantine instead)."""
+        if self._closing:
+            raise Unavailable("shutting down")
+        if len(self._queue) >= self.max_queued:
+            raise Overloaded()
+        if time.monotonic() < self._down_until:
+            raise Unavailable("database unavailable")
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(ops, fallback, future))
+        self._wakeup.set()
+        return await future
+
+    async def close(self) -> None:
+        """Stop taking requests, write everything queued, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        if self._hook_tasks:
+            await asyncio.gather(*self._hook_tasks, return_exceptions=True)
+        await self.writer.close()
+
+    def _take(self) -> list[_Item]:
+        batch: list[_Item] = []
+        rows = 0
+        while self._queue and len(batch) < self.max_batch_requests:
+            item = self._queue[0]
+            n = item.ops.row_count()
+            if batch and rows + n > self.max_batch_rows:
+                break
+            batch.append(self._queue.popleft())
+            rows += n
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take()
+            await self._flush(batch)
+
+    async def _flush(self, batch: list[_Item]) -> None:
+        ops = Ops()
+        for item in batch:
+            ops.extend(item.ops)
+        started = time.perf_counter()
+        try:
+            committed = await self.writer.write(ops)
+        except db.UNAVAILABLE_ERRORS as exc:
+            self.writer.reset()
+            log.warning("database unavailable: %s", exc.__class__.__name__)
+            # Fail fast for a moment instead of making every request wait for a dead server.
+            self._down_until = time.monotonic() + 0.5
+            for item in batch:
+                _settle(item.future, exc=Unavailable(str(exc.__class__.__name__)))
+            return
+        except Exception as exc:  # bad data in one of the requests: find it
+            log.warning("batch of %d failed (%s); writing one by one", len(batch), exc)
+            await self._flush_one_by_one(batch)
+            return
+        elapsed = time.perf_counter() - started
+        for item in batch:
+            _settle(item.future, result="stored")
+        if self.on_flush is not None:
+            self.on_flush(committed.rows, elapsed)
+        self.run_hooks(committed)
+
+    async def _flush_one_by_one(self, batch: list[_Item]) -> None:
+        for item in batch:
+            try:
+                committed = await self.writer.write(item.ops)
+            except db.UNAVAILABLE_ERRORS as exc:
+                self.writer.reset()
+                _settle(item.future, exc=Unavailable(str(exc.__class__.__name__)))
+                continue
+            except Exception as exc:
+                _settle(item.future, **await self._quarantine(item, exc))
+                continue
+            _settle(item.future, result="stored")
+            self.run_hooks(committed)
+
+    async def _quarantine(self, item: _Item, error: Exception) -> dict[str, Any]:
+        if item.fallback is None:
+            return {"exc": error}
+        fb = item.fallback
+        reason = f"write failed: {error.__class__.__name__}: {error}"[:500]
+        try:
+            await self.writer.write(
+                Ops(quarantine=[(fb.source_id, fb.instance_name, fb.event, reason, fb.body)])
+            )
+        except Exception as exc:
+            if isinstance(exc, db.UNAVAILABLE_ERRORS):
+                self.writer.reset()
+            return {"exc": Unavailable(exc.__class__.__name__)}
+        log.error("event kept in quarantine: %s", reason)
+        return {"result": "quarantined"}
+
+    def run_hooks(self, committed: Committed) -> None:
+        for hook in self.hooks:
+            task = asyncio.create_task(_guarded(hook, committed))
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
+
+
+async def _guarded(hook: CommitHook, committed: Committed) -> None:
+    try:
+        await hook(committed)
+    except Exception:
+        log.exception("post-commit hook failed")
+
+
+def _settle(
+    future: asyncio.Future[str], result: str | None = None, exc: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result or "stored")

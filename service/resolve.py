@@ -1,0 +1,176 @@
+"""Who is who: source secret -> source, (source, instance name) -> tenant, token -> tenant.
+
+Every server process keeps the whole registry in memory (it is small: tenants, sources,
+instances) and reloads it when Postgres notifies ``sense_registry`` (a trigger on the
+registry tables fires it), on reconnect, and every ``registry_refresh_seconds`` as a safety
+net. Steady-state requests never query the database to find their tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from service import db
+
+log = logging.getLogger("sense.resolve")
+
+CHANNEL = "sense_registry"
+
+
+def digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    source_id: uuid.UUID
+    name: str
+    secret_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    tenant_id: uuid.UUID
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    tenant_id: uuid.UUID
+    instance_id: uuid.UUID
+    source_id: uuid.UUID
+    name: str
+    apikey: str | None
+
+    def apikey_matches(self, presented: str | None) -> bool:
+        """The envelope key must match the registered one, when both are there.
+
+        Evolution sends ``null`` when AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES is off and the
+        literal "Apikey not found" when it has none: both mean "no key presented".
+        """
+        if self.apikey is None or presented is None or presented == "Apikey not found":
+            return True
+        return hmac.compare_digest(self.apikey.encode(), presented.encode())
+
+
+@dataclass(slots=True)
+class Snapshot:
+    sources: dict[bytes, Source] = field(default_factory=dict)
+    tenants_by_token: dict[bytes, Tenant] = field(default_factory=dict)
+    tenants: dict[uuid.UUID, Tenant] = field(default_factory=dict)
+    instances: dict[tuple[uuid.UUID, str], Instance] = field(default_factory=dict)
+    instances_by_tenant: dict[tuple[uuid.UUID, str], Instance] = field(default_factory=dict)
+
+
+class Registry:
+    """The in-memory registry of one process."""
+
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+        self.loaded = False
+        self._listener: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._dirty = asyncio.Event()
+        self._on_new_instances: list[Callable[[list[Instance]], None]] = []
+
+    # lookups (no I/O) -------------------------------------------------------------------
+
+    def source_for_secret(self, secret: str) -> Source | None:
+        wanted = digest(secret)
+        source = self.snapshot.sources.get(wanted)
+        # Looked up by hash, so timing says nothing about the secret; compare in constant time.
+        if source is None or not hmac.compare_digest(source.secret_hash, wanted):
+            return None
+        return source
+
+    def instance(self, source_id: uuid.UUID, name: str) -> Instance | None:
+        return self.snapshot.instances.get((source_id, name))
+
+    def tenant_for_token(self, token: str) -> Tenant | None:
+        wanted = digest(token)
+        tenant = self.snapshot.tenants_by_token.get(wanted)
+        if tenant is None:
+            return None
+        return tenant
+
+    def tenant_instance(self, tenant_id: uuid.UUID, name: str) -> Instance | None:
+        return self.snapshot.instances_by_tenant.get((tenant_id, name))
+
+    def tenant_instances(self, tenant_id: uuid.UUID) -> list[Instance]:
+        return [i for i in self.snapshot.instances.values() if i.tenant_id == tenant_id]
+
+    def on_new_instances(self, callback: Callable[[list[Instance]], None]) -> None:
+        self._on_new_instances.append(callback)
+
+    # loading ----------------------------------------------------------------------------
+
+    async def load(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
+        sources = await conn.fetch(db.q("registry_sources"))
+        tenants = await conn.fetch(db.q("registry_tenants"))
+        instances = await conn.fetch(db.q("registry_instances"))
+        snap = Snapshot()
+        for r in sources:
+            snap.sources[bytes(r["secret_hash"])] = Source(
+                r["source_id"], r["name"], bytes(r["secret_hash"])
+            )
+        for r in tenants:
+            tenant = Tenant(r["tenant_id"], r["name"])
+            snap.tenants[tenant.tenant_id] = tenant
+            snap.tenants_by_token[bytes(r["token_hash"])] = tenant
+        for r in instances:
+            inst = Instance(r["tenant_id"], r["instance_id"], r["source_id"], r["name"], r["apikey"])
+            snap.instances[(inst.source_id, inst.name)] = inst
+            snap.instances_by_tenant[(inst.tenant_id, inst.name)] = inst
+        before = self.snapshot.instances
+        added = [i for k, i in snap.instances.items() if before.get(k) != i]
+        self.snapshot = snap
+        if self.loaded and added:
+            for callback in self._on_new_instances:
+                callback(added)
+        self.loaded = True
+
+    async def start(self, dsn: str, pool: asyncpg.Pool, refresh_seconds: float) -> None:
+        await self.load(pool)
+        self._task = asyncio.create_task(self._follow(dsn, pool, refresh_seconds))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._listener is not None and not self._listener.is_closed():
+            await self._listener.close()
+
+    def _notified(self, *_: object) -> None:
+        self._dirty.set()
+
+    async def _follow(self, dsn: str, pool: asyncpg.Pool, refresh_seconds: float) -> None:
+        """LISTEN for registry changes; reload on each (coalesced), on reconnect, and on a timer."""
+        while True:
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    self._listener = await asyncpg.connect(dsn)
+                    await self._listener.add_listener(CHANNEL, self._notified)
+                    self._dirty.set()  # changes may have happened while we were not listening
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), timeout=refresh_seconds)
+                self._dirty.clear()
+                await self.load(pool)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep following whatever happens; lookups use the last map
+                log.warning("registry refresh failed: %s", exc.__class__.__name__)
+                if self._listener is not None:
+                    with contextlib.suppress(Exception):
+                        self._listener.terminate()
+                    self._listener = None
+                await asyncio.sleep(1.0)

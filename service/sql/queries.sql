@@ -1,0 +1,267 @@
+-- Named queries. `-- name: x` starts query x; service.db.q("x") returns it.
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations ORDER BY version
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name) VALUES ($1, $2)
+
+-- name: registry_sources
+SELECT source_id, name, secret_hash FROM sources
+
+-- name: registry_tenants
+SELECT tenant_id, name, token_hash FROM tenants
+
+-- name: registry_instances
+SELECT tenant_id, instance_id, source_id, name, apikey FROM instances
+
+-- name: create_staging
+CREATE TEMP TABLE IF NOT EXISTS stage_messages (
+    tenant_id uuid, instance_id uuid, message_id text, has_content boolean, chat_jid text,
+    chat_type text, sender_jid text, sender_phone text, from_me boolean, push_name text,
+    type text, text text, quoted_message_id text, message_ts timestamptz, status smallint,
+    edited_text text, edit_ts bigint, deleted boolean, reactions text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_lid (
+    tenant_id uuid, lid_jid text, phone_jid text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_contacts (
+    tenant_id uuid, instance_id uuid, jid text, push_name text, profile_pic_url text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_chats (
+    tenant_id uuid, instance_id uuid, chat_jid text, chat_type text, name text, unread integer,
+    deleted boolean
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_groups (
+    tenant_id uuid, instance_id uuid, group_jid text, subject text, metadata text
+) ON COMMIT DELETE ROWS
+
+-- name: upsert_lid_map
+-- Learn @lid -> phone pairs, and move messages already filed under a learned @lid chat.
+WITH learned AS (
+    INSERT INTO lid_map AS l (tenant_id, lid_jid, phone_jid)
+    SELECT DISTINCT ON (tenant_id, lid_jid) tenant_id, lid_jid, phone_jid
+    FROM stage_lid
+    ORDER BY tenant_id, lid_jid
+    ON CONFLICT (tenant_id, lid_jid) DO UPDATE
+        SET phone_jid = EXCLUDED.phone_jid, learned_at = now()
+        WHERE l.phone_jid <> EXCLUDED.phone_jid
+    RETURNING tenant_id, lid_jid, phone_jid
+)
+UPDATE messages AS m
+SET chat_jid = learned.phone_jid,
+    chat_type = 'user',
+    sender_jid = CASE WHEN m.sender_jid = learned.lid_jid THEN learned.phone_jid ELSE m.sender_jid END,
+    sender_phone = CASE WHEN m.sender_jid = learned.lid_jid
+                        THEN split_part(learned.phone_jid, '@', 1) ELSE m.sender_phone END,
+    updated_at = now()
+FROM learned
+WHERE m.tenant_id = learned.tenant_id AND m.chat_type = 'lid' AND m.chat_jid = learned.lid_jid
+
+-- name: upsert_messages
+-- One row per message key in stage_messages (merged beforehand). Content: first one wins
+-- (duplicates change nothing). Status: only forward. Edit: newest wins. Deleted: sticky.
+-- Reactions: newest per reactor. Returns the rows that changed; `created` is true for rows
+-- whose content arrived in this transaction.
+WITH staged AS (
+    SELECT s.tenant_id, s.instance_id, s.message_id, s.has_content,
+           CASE WHEN lc.phone_jid IS NOT NULL THEN lc.phone_jid ELSE s.chat_jid END AS chat_jid,
+           CASE WHEN lc.phone_jid IS NOT NULL THEN 'user' ELSE s.chat_type END AS chat_type,
+           coalesce(ls.phone_jid, s.sender_jid) AS sender_jid,
+           CASE WHEN ls.phone_jid IS NOT NULL THEN split_part(ls.phone_jid, '@', 1)
+                ELSE s.sender_phone END AS sender_phone,
+           s.from_me, s.push_name, s.type, s.text, s.quoted_message_id, s.message_ts, s.status,
+           s.edited_text, s.edit_ts, s.deleted, s.reactions::jsonb AS reactions
+    FROM stage_messages AS s
+    LEFT JOIN lid_map AS lc
+        ON s.chat_type = 'lid' AND lc.tenant_id = s.tenant_id AND lc.lid_jid = s.chat_jid
+    LEFT JOIN lid_map AS ls
+        ON s.sender_jid LIKE '%@lid' AND ls.tenant_id = s.tenant_id AND ls.lid_jid = s.sender_jid
+),
+upserted AS (
+    INSERT INTO messages AS m (
+        tenant_id, instance_id, message_id, has_content, content_at, chat_jid, chat_type,
+        sender_jid, sender_phone, from_me, push_name, type, text, quoted_message_id, message_ts,
+        status, edited_text, edit_ts, deleted, reactions, analysis_state
+    )
+    SELECT tenant_id, instance_id, message_id, has_content,
+           CASE WHEN has_content THEN now() END, chat_jid, chat_type, sender_jid, sender_phone,
+           from_me, push_name, type, text, quoted_message_id, message_ts, status, edited_text,
+           edit_ts, deleted, reactions,
+           CASE WHEN has_content AND text IS NULL THEN 'skipped' ELSE 'pending' END
+    FROM staged
+    ON CONFLICT (tenant_id, instance_id, message_id) DO UPDATE SET
+        has_content = m.has_content OR EXCLUDED.has_content,
+        content_at = CASE WHEN m.has_content THEN m.content_at ELSE EXCLUDED.content_at END,
+        chat_jid = CASE WHEN m.has_content THEN m.chat_jid ELSE EXCLUDED.chat_jid END,
+        chat_type = CASE WHEN m.has_content THEN m.chat_type ELSE EXCLUDED.chat_type END,
+        sender_jid = CASE WHEN m.has_content THEN m.sender_jid ELSE EXCLUDED.sender_jid END,
+        sender_phone = CASE WHEN m.has_content THEN m.sender_phone ELSE EXCLUDED.sender_phone END,
+        from_me = CASE WHEN m.has_content THEN m.from_me ELSE EXCLUDED.from_me END,
+        push_name = CASE WHEN m.has_content THEN m.push_name ELSE EXCLUDED.push_name END,
+        type = CASE WHEN m.has_content THEN m.type ELSE EXCLUDED.type END,
+        text = CASE WHEN m.has_content THEN m.text ELSE EXCLUDED.text END,
+        quoted_message_id = CASE WHEN m.has_content THEN m.quoted_message_id
+                                 ELSE EXCLUDED.quoted_message_id END,
+        message_ts = CASE WHEN m.has_content THEN m.message_ts ELSE EXCLUDED.message_ts END,
+        analysis_state = CASE WHEN m.has_content THEN m.analysis_state
+                              ELSE EXCLUDED.analysis_state END,
+        status = GREATEST(m.status, EXCLUDED.status),
+        edited_text = CASE WHEN EXCLUDED.edit_ts > coalesce(m.edit_ts, -1)
+                                OR (EXCLUDED.edit_ts = m.edit_ts AND m.edited_text IS NULL)
+                           THEN EXCLUDED.edited_text ELSE m.edited_text END,
+        edit_ts = GREATEST(m.edit_ts, EXCLUDED.edit_ts),
+        deleted = m.deleted OR EXCLUDED.deleted,
+        reactions = sense_merge_reactions(m.reactions, EXCLUDED.reactions),
+        updated_at = now()
+    WHERE NOT m.has_content
+       OR EXCLUDED.status > coalesce(m.status, -1)
+       OR EXCLUDED.edit_ts > coalesce(m.edit_ts, -1)
+       OR (EXCLUDED.edit_ts = m.edit_ts AND m.edited_text IS NULL AND EXCLUDED.edited_text IS NOT NULL)
+       OR (EXCLUDED.deleted AND NOT m.deleted)
+       OR EXCLUDED.reactions <> '{}'::jsonb
+    RETURNING m.tenant_id, m.instance_id, m.message_id, m.has_content, m.chat_jid, m.chat_type,
+              m.message_ts, m.analysis_state, (m.content_at = now()) AS created
+),
+chats_touched AS (
+    INSERT INTO chats AS c (tenant_id, instance_id, chat_jid, chat_type, last_message_id,
+                            last_message_ts)
+    SELECT DISTINCT ON (tenant_id, instance_id, chat_jid)
+           tenant_id, instance_id, chat_jid, chat_type, message_id, message_ts
+    FROM upserted
+    WHERE created AND chat_jid IS NOT NULL
+    ORDER BY tenant_id, instance_id, chat_jid, message_ts DESC NULLS LAST
+    ON CONFLICT (tenant_id, instance_id, chat_jid) DO UPDATE SET
+        last_message_id = CASE WHEN EXCLUDED.last_message_ts
+                                    >= coalesce(c.last_message_ts, '-infinity'::timestamptz)
+                               THEN EXCLUDED.last_message_id ELSE c.last_message_id END,
+        last_message_ts = GREATEST(c.last_message_ts, EXCLUDED.last_message_ts),
+        deleted = false,
+        updated_at = now()
+)
+SELECT tenant_id, instance_id, message_id, has_content, created, analysis_state FROM upserted
+
+-- name: upsert_contacts
+INSERT INTO contacts AS c (tenant_id, instance_id, jid, push_name, profile_pic_url)
+SELECT DISTINCT ON (tenant_id, instance_id, jid) tenant_id, instance_id, jid, push_name,
+       profile_pic_url
+FROM stage_contacts
+ORDER BY tenant_id, instance_id, jid
+ON CONFLICT (tenant_id, instance_id, jid) DO UPDATE SET
+    push_name = coalesce(EXCLUDED.push_name, c.push_name),
+    profile_pic_url = coalesce(EXCLUDED.profile_pic_url, c.profile_pic_url),
+    updated_at = now()
+
+-- name: upsert_chats
+INSERT INTO chats AS c (tenant_id, instance_id, chat_jid, chat_type, name, unread, deleted)
+SELECT DISTINCT ON (tenant_id, instance_id, chat_jid) tenant_id, instance_id, chat_jid,
+       chat_type, name, unread, deleted
+FROM stage_chats
+ORDER BY tenant_id, instance_id, chat_jid
+ON CONFLICT (tenant_id, instance_id, chat_jid) DO UPDATE SET
+    name = coalesce(EXCLUDED.name, c.name),
+    unread = coalesce(EXCLUDED.unread, c.unread),
+    deleted = EXCLUDED.deleted,
+    updated_at = now()
+
+-- name: upsert_groups
+INSERT INTO groups AS g (tenant_id, instance_id, group_jid, subject, metadata)
+SELECT DISTINCT ON (tenant_id, instance_id, group_jid) tenant_id, instance_id, group_jid,
+       subject, metadata::jsonb
+FROM stage_groups
+ORDER BY tenant_id, instance_id, group_jid
+ON CONFLICT (tenant_id, instance_id, group_jid) DO UPDATE SET
+    subject = coalesce(EXCLUDED.subject, g.subject),
+    metadata = coalesce(EXCLUDED.metadata, g.metadata),
+    updated_at = now()
+
+-- name: update_instance_state
+UPDATE instances
+SET state = $3, state_reason = $4, owner_jid = coalesce($5, owner_jid),
+    profile_name = coalesce($6, profile_name), state_at = now(),
+    qr_code = CASE WHEN $3 = 'open' THEN NULL ELSE qr_code END,
+    qr_base64 = CASE WHEN $3 = 'open' THEN NULL ELSE qr_base64 END,
+    pairing_code = CASE WHEN $3 = 'open' THEN NULL ELSE pairing_code END
+WHERE tenant_id = $1 AND instance_id = $2
+
+-- name: update_instance_qr
+UPDATE instances
+SET qr_code = $3, qr_base64 = $4, pairing_code = $5, qr_at = now()
+WHERE tenant_id = $1 AND instance_id = $2
+
+-- name: find_tenants
+SELECT tenant_id, name FROM tenants WHERE tenant_id = $1 OR name = $2 ORDER BY tenant_id = $1 DESC LIMIT 1
+
+-- name: find_sources
+SELECT source_id, name FROM sources WHERE source_id = $1 OR name = $2 ORDER BY source_id = $1 DESC LIMIT 1
+
+-- name: insert_instance
+INSERT INTO instances (tenant_id, instance_id, source_id, name, apikey) VALUES ($1, $2, $3, $4, $5)
+
+-- name: claim_quarantine
+-- Quarantined events whose instance is registered now, oldest first, locked for this replay.
+SELECT q.quarantine_id, q.source_id, q.instance_name, q.event, q.body, i.tenant_id, i.instance_id
+FROM quarantine AS q
+JOIN instances AS i ON i.source_id = q.source_id AND i.name = q.instance_name
+WHERE ($1::uuid IS NULL OR q.source_id = $1)
+  AND ($2::text IS NULL OR q.instance_name = $2)
+  AND q.quarantine_id > $3
+ORDER BY q.quarantine_id
+LIMIT $4
+FOR UPDATE OF q SKIP LOCKED
+
+-- name: delete_quarantine
+DELETE FROM quarantine WHERE quarantine_id = ANY($1::bigint[])
+
+-- name: list_quarantine
+SELECT q.quarantine_id, s.name AS source, q.instance_name, q.event, q.reason, q.received_at,
+       octet_length(q.body) AS bytes
+FROM quarantine AS q JOIN sources AS s USING (source_id)
+ORDER BY q.quarantine_id
+LIMIT $1
+
+-- name: list_messages
+SELECT * FROM messages
+WHERE tenant_id = $1 AND has_content
+  AND ($2::uuid IS NULL OR instance_id = $2)
+  AND ($3::text IS NULL OR chat_jid = $3)
+  AND ($4::timestamptz IS NULL OR (message_ts, seq) < ($4, $5::bigint))
+ORDER BY message_ts DESC, seq DESC
+LIMIT $6
+
+-- name: get_message
+SELECT * FROM messages
+WHERE tenant_id = $1 AND instance_id = $2 AND message_id = $3 AND has_content
+
+-- name: list_chats
+-- Chats with their last message, newest first, and the rolling analysis of the last 50
+-- analysed messages of each.
+SELECT c.instance_id, c.chat_jid, c.chat_type, c.name, c.unread, c.last_message_ts, m.*,
+       a.avg_sentiment, a.avg_satisfaction, a.analyzed_messages
+FROM chats AS c
+LEFT JOIN messages AS m
+    ON m.tenant_id = c.tenant_id AND m.instance_id = c.instance_id
+   AND m.message_id = c.last_message_id AND m.has_content
+LEFT JOIN LATERAL (
+    SELECT avg(x.sentiment)::float8 AS avg_sentiment, avg(x.satisfaction)::float8 AS avg_satisfaction,
+           count(*)::int AS analyzed_messages
+    FROM (SELECT sentiment, satisfaction FROM messages AS r
+          WHERE r.tenant_id = c.tenant_id AND r.instance_id = c.instance_id
+            AND r.chat_jid = c.chat_jid AND r.has_content AND r.analysis_state = 'done'
+          ORDER BY r.message_ts DESC LIMIT 50) AS x
+) AS a ON true
+WHERE c.tenant_id = $1 AND NOT c.deleted AND ($2::uuid IS NULL OR c.instance_id = $2)
+ORDER BY c.last_message_ts DESC NULLS LAST, c.chat_jid
+LIMIT $3
+
+-- name: list_instances
+SELECT name, state, state_reason, owner_jid, profile_name, state_at, qr_code, qr_base64,
+       pairing_code, qr_at
+FROM instances WHERE tenant_id = $1 ORDER BY name

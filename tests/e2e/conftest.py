@@ -1,0 +1,113 @@
+"""The real server as a subprocess (`sense serve`), driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+ADMIN = "e2e-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sense(*args: str, env: dict[str, str]) -> dict:  # type: ignore[type-arg]
+    """Run the `sense` CLI; returns its JSON output."""
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+@dataclass
+class Server:
+    url: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(database_url: str, tmp: Path, workers: int = 2, **env_extra: str) -> Server:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SENSE_DATABASE_URL": database_url,
+        "SENSE_ADMIN_TOKEN": ADMIN,
+        "SENSE_PORT": str(port),
+        "SENSE_WORKERS": str(workers),
+        "SENSE_DATA_DIR": str(tmp / "data"),
+        **env_extra,
+    }
+    log = tmp / f"server-{port}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve"],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = Server(f"http://127.0.0.1:{port}", env, process, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log.read_text()}")
+        try:
+            if httpx.get(server.url + "/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"server not ready:\n{log.read_text()}")
+
+
+@pytest.fixture
+def clean_db(database_url: str) -> str:
+    import asyncio
+
+    from tests.conftest import DATA_TABLES
+
+    async def truncate() -> None:
+        conn = await asyncpg.connect(database_url)
+        await conn.execute(f"TRUNCATE {', '.join(DATA_TABLES)} CASCADE")
+        await conn.close()
+
+    asyncio.run(truncate())
+    return database_url
+
+
+@pytest.fixture
+def server(clean_db: str, tmp_path: Path) -> Iterator[Server]:
+    s = start_server(clean_db, tmp_path)
+    yield s
+    s.stop()

@@ -1,0 +1,1 @@
+"""Dramatiq workers: AI enrichment of stored messages."""
