@@ -17,15 +17,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import admin, api, db, webhook
+from service import admin, api, db, logs, metrics, openapi, webhook
 from service.events import EVENTS, IGNORED, KEPT_AS_EVENTS, Ops
 from service.http import JSON, error
-from service.ingest import Batcher, Writer
+from service.ingest import Batcher, Committed, Writer
 from service.payloads import Envelope
 from service.resolve import Instance, Registry
 from service.settings import Settings, load_settings
 
 log = logging.getLogger("sense.app")
+access_log = logging.getLogger("sense.webhook")
 
 _KNOWN_EVENTS = set(EVENTS) | IGNORED | KEPT_AS_EVENTS
 
@@ -45,11 +46,34 @@ class Services:
         """A bounded label for metrics: known event names, or "other"."""
         return event if event in _KNOWN_EVENTS else "other"
 
-    def observe_webhook(self, event: str, outcome: str, seconds: float) -> None:
-        pass
+    def observe_webhook(
+        self, event: str, outcome: str, seconds: float, status: int, context: dict[str, str]
+    ) -> None:
+        metrics.WEBHOOK_REQUESTS.labels(event, outcome).inc()
+        metrics.WEBHOOK_SECONDS.labels(event, outcome).observe(seconds)
+        # Stored events are the bulk: debug. Everything else is worth a line at info.
+        level = logging.DEBUG if outcome in ("stored", "ignored") else logging.INFO
+        if access_log.isEnabledFor(level):
+            access_log.log(
+                level,
+                "webhook",
+                extra={**context, "outcome": outcome, "status": status,
+                       "ms": round(seconds * 1000, 2)},
+            )
 
-    def count_overload(self) -> None:
-        pass
+    def count_unavailable(self, reason: str) -> None:
+        metrics.UNAVAILABLE.labels(reason).inc()
+
+    def tenant_name(self, tenant_id: uuid.UUID) -> str:
+        tenant = self.registry.snapshot.tenants.get(tenant_id)
+        return tenant.name if tenant is not None else str(tenant_id)
+
+    async def count_messages(self, committed: Committed) -> None:
+        per_tenant: dict[uuid.UUID, int] = {}
+        for tenant_id, _, _ in committed.created:
+            per_tenant[tenant_id] = per_tenant.get(tenant_id, 0) + 1
+        for tenant_id, n in per_tenant.items():
+            metrics.count_tenant_messages(self.tenant_name(tenant_id), n)
 
     def quarantine_ops(self, source_id: uuid.UUID, env: Envelope, body: bytes) -> Ops:
         return Ops(quarantine=[(source_id, env.instance, env.event, "unknown instance", body)])
@@ -166,6 +190,26 @@ async def _replay(s: Services, body: ReplayIn) -> Any:
     return {"replayed": result.replayed}
 
 
+async def metrics_endpoint(request: Request) -> Response:
+    services: Services = request.app.state.services
+    try:
+        async with services.pool.acquire(timeout=1) as conn:
+            quarantined = await conn.fetchval(db.q("count_quarantine"))
+    except Exception:
+        quarantined = None
+    body, content_type = metrics.render(quarantined)
+    return Response(body, media_type=content_type)
+
+
+def _observe_flush(rows: int, seconds: float) -> None:
+    metrics.BATCH_ROWS.observe(rows)
+    metrics.FLUSH_SECONDS.observe(seconds)
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSON(openapi.document())
+
+
 async def healthz(request: Request) -> Response:
     return JSON({"status": "ok"})
 
@@ -200,6 +244,8 @@ def routes() -> list[Route]:
             _admin_route(ReplayIn, _replay, status=200),
             methods=["POST"],
         ),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
@@ -207,6 +253,7 @@ def routes() -> list[Route]:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
+    logs.configure(settings.log_level)
     if not settings.database_url:
         raise SystemExit("SENSE_DATABASE_URL is required (or use `sense run`)")
 
@@ -222,11 +269,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_queued=settings.queue_max_requests,
             max_batch_rows=settings.batch_max_rows,
             max_batch_requests=settings.batch_max_requests,
+            on_flush=_observe_flush,
+            on_depth=metrics.QUEUE_DEPTH.set,
         )
         services = Services(settings, pool, registry, batcher)
         app.state.services = services
+        batcher.hooks.append(services.count_messages)
         registry.on_new_instances(lambda added: services.spawn(services.replay_for(added)))
         await registry.start(dsn, pool, settings.registry_refresh_seconds)
+        # enrichment seam: post-commit hooks go into batcher.hooks here
         batcher.start()
         services.ready = True
         try:
@@ -234,6 +285,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             # Granian stopped accepting; write what is queued before going away.
             await batcher.close()
+            # enrichment seam: stop what was started above
             await registry.stop()
             for task in list(services._tasks):
                 task.cancel()

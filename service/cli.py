@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -148,6 +149,10 @@ def serve(settings: Settings, workers: int) -> None:
     from granian import Granian
     from granian.constants import Interfaces
 
+    from service.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(settings.data_path)
+
     Granian(
         "service.app:create_app",
         factory=True,
@@ -160,6 +165,24 @@ def serve(settings: Settings, workers: int) -> None:
         log_level=settings.log_level.lower(),  # type: ignore[arg-type]
         workers_kill_timeout=30,
     ).serve()
+
+
+def cmd_worker(env: Environment, args: argparse.Namespace) -> int:
+    from workers.main import run_worker
+
+    async def action(conn: Any) -> Any:
+        return None
+
+    _with_db(env, action)
+    return run_worker(env.settings, processes=args.processes, threads=args.threads)
+
+
+def start_worker_process() -> subprocess.Popen[bytes]:
+    """`sense run`'s worker: a child with the same settings (inherited environment)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker", "--processes", "1"],
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def cmd_serve(env: Environment, args: argparse.Namespace) -> int:
@@ -261,9 +284,15 @@ try it:
 """,
         flush=True,
     )
+    worker = start_worker_process()
     try:
         serve(settings, args.workers or settings.workers)
     finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
         env.close()
     return 0
 
@@ -302,6 +331,11 @@ def parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--host")
     serve_p.add_argument("--workers", type=int, help="Granian worker processes")
     serve_p.set_defaults(func=cmd_serve, redis=False)
+
+    worker_p = sub.add_parser("worker", help="the Dramatiq enrichment worker (production)")
+    worker_p.add_argument("--processes", type=int, default=1)
+    worker_p.add_argument("--threads", type=int, default=2)
+    worker_p.set_defaults(func=cmd_worker, redis=False)
 
     sub.add_parser("migrate", help="apply schema migrations").set_defaults(func=cmd_migrate)
 

@@ -182,6 +182,7 @@ class Batcher:
         max_batch_rows: int,
         max_batch_requests: int,
         on_flush: Callable[[int, float], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
     ) -> None:
         self.writer = writer
         self.max_queued = max_queued
@@ -189,6 +190,7 @@ class Batcher:
         self.max_batch_requests = max_batch_requests
         self.hooks: list[CommitHook] = []
         self.on_flush = on_flush
+        self.on_depth = on_depth
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -248,6 +250,8 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             batch = self._take()
+            if self.on_depth is not None:
+                self.on_depth(len(self._queue))
             await self._flush(batch)
 
     async def _flush(self, batch: list[_Item]) -> None:

@@ -8,6 +8,7 @@ when the queue is full or the database is down (Evolution retries 5xx, drops 4xx
 from __future__ import annotations
 
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -60,16 +61,22 @@ def strip_media(body: bytes) -> bytes:
 async def receive(request: Request) -> Response:
     services: Services = request.app.state.services
     started = time.perf_counter()
-    event = "unknown"
-    outcome = "rejected"
+    context: dict[str, str] = {
+        "request_id": request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+    }
+    event, outcome, status = "unknown", "rejected", 500
     try:
-        response, event, outcome = await _receive(services, request)
+        response, event, outcome = await _receive(services, request, context)
+        status = response.status_code
+        response.headers["X-Request-Id"] = context["request_id"]
         return response
     finally:
-        services.observe_webhook(event, outcome, time.perf_counter() - started)
+        services.observe_webhook(event, outcome, time.perf_counter() - started, status, context)
 
 
-async def _receive(services: Services, request: Request) -> tuple[Response, str, str]:
+async def _receive(
+    services: Services, request: Request, context: dict[str, str]
+) -> tuple[Response, str, str]:
     settings = services.settings
     source = services.registry.source_for_secret(request.path_params["secret"])
     if source is None:
@@ -88,15 +95,18 @@ async def _receive(services: Services, request: Request) -> tuple[Response, str,
         return error(400, "invalid_json", f"body is not JSON: {exc}"), "unknown", "rejected"
     event = canonical_event(envelope.event) or "unknown"
     label = services.event_label(event)
+    context["source"] = source.name
+    context["instance"] = envelope.instance[:200]
+    context["event"] = envelope.event[:100]
     instance = services.registry.instance(source.source_id, envelope.instance)
     if instance is None:
         # Nobody registered this instance (yet): keep the event, replay it once they do.
-        fallback = None
         ops = services.quarantine_ops(source.source_id, envelope, strip_media(body))
-        result = await _submit(services, ops, fallback)
+        result = await _submit(services, ops, None)
         if isinstance(result, Response):
             return result, label, "rejected"
         return JSON({"status": "quarantined"}, status_code=202), label, "quarantined"
+    context["tenant"] = services.tenant_name(instance.tenant_id)
     if not instance.apikey_matches(envelope.apikey):
         return error(401, "unauthorized", "apikey does not match the instance"), label, "rejected"
     try:
@@ -121,7 +131,8 @@ async def _submit(services: Services, ops: object, fallback: Fallback | None) ->
     try:
         return await services.batcher.submit(ops, fallback)  # type: ignore[arg-type]
     except Overloaded:
-        services.count_overload()
+        services.count_unavailable("overloaded")
         return error(503, "overloaded", "ingest queue is full, retry later", retry)
     except Unavailable:
+        services.count_unavailable("database")
         return error(503, "unavailable", "database unavailable, retry later", retry)

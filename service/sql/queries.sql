@@ -265,3 +265,6 @@ LIMIT $3
 SELECT name, state, state_reason, owner_jid, profile_name, state_at, qr_code, qr_base64,
        pairing_code, qr_at
 FROM instances WHERE tenant_id = $1 ORDER BY name
+
+-- name: count_quarantine
+SELECT count(*) FROM quarantine

@@ -1,0 +1,118 @@
+"""Prometheus metrics, correct across Granian worker processes.
+
+`sense serve`/`sense run` point PROMETHEUS_MULTIPROC_DIR at a fresh folder before any worker
+starts (prometheus-client's multiprocess mode); every process writes its samples there and
+``/metrics`` aggregates them. Without that variable (tests, one process) the default registry
+is used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MAX_TENANT_LABELS = 200  # beyond this many tenants per process, count under "_other"
+
+WEBHOOK_REQUESTS = Counter(
+    "sense_webhook_requests_total",
+    "Webhook requests by event and outcome (stored, quarantined, ignored, rejected)",
+    ["event", "outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "sense_webhook_duration_seconds",
+    "Webhook handling time, from routing to response (includes waiting for the commit)",
+    ["event", "outcome"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+UNAVAILABLE = Counter(
+    "sense_webhook_unavailable_total",
+    "Webhooks answered 503 (reason: overloaded = queue full, database = database unavailable)",
+    ["reason"],
+)
+BATCH_ROWS = Histogram(
+    "sense_batch_rows",
+    "Rows written per group commit",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
+)
+FLUSH_SECONDS = Histogram(
+    "sense_flush_duration_seconds",
+    "Time to write one group commit (COPY + upserts + COMMIT)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+QUEUE_DEPTH = Gauge(
+    "sense_ingest_queue_depth",
+    "Requests waiting for their commit (summed over live processes)",
+    multiprocess_mode="livesum",
+)
+TENANT_MESSAGES = Counter(
+    "sense_tenant_messages_total",
+    "Messages stored per tenant (bounded label set)",
+    ["tenant"],
+)
+
+_tenant_labels: set[str] = set()
+
+
+def count_tenant_messages(tenant: str, n: int) -> None:
+    if tenant not in _tenant_labels:
+        if len(_tenant_labels) >= MAX_TENANT_LABELS:
+            tenant = "_other"
+        else:
+            _tenant_labels.add(tenant)
+    TENANT_MESSAGES.labels(tenant).inc(n)
+
+
+def prepare_multiprocess_dir(data_dir: Path) -> None:
+    """Called by the parent before workers start: a fresh folder for this server's samples."""
+    if os.environ.get(MULTIPROC_ENV):
+        return
+    folder = data_dir / f"metrics-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(folder)
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+class _Values:
+    """Values read at scrape time (e.g. from the database)."""
+
+    def __init__(self, quarantined: int | None) -> None:
+        self.quarantined = quarantined
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        if self.quarantined is not None:
+            yield GaugeMetricFamily(
+                "sense_quarantine_events", "Events waiting in quarantine", value=self.quarantined
+            )
+
+
+def render(quarantined: int | None) -> tuple[bytes, str]:
+    extra = CollectorRegistry()
+    extra.register(_Values(quarantined))  # type: ignore[arg-type]
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    return text + generate_latest(extra), CONTENT_TYPE_LATEST
