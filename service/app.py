@@ -291,6 +291,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 task.cancel()
             await pool.close()
 
-    app = Starlette(routes=routes(), lifespan=lifespan)
+    all_routes = routes()
+    if settings.bench_routes:
+        from service import baseline
+
+        all_routes += baseline.routes()
+    app = Starlette(routes=all_routes, lifespan=lifespan)
     app.router.redirect_slashes = False
     return app

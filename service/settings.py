@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_after_seconds: int = 2
     registry_refresh_seconds: float = 30.0
     log_level: str = "info"
+    bench_routes: bool = False  # mount bench/'s null-ceiling and naive-baseline routes
 
     @property
     def base_url(self) -> str:

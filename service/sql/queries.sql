@@ -268,3 +268,20 @@ FROM instances WHERE tenant_id = $1 ORDER BY name
 
 -- name: count_quarantine
 SELECT count(*) FROM quarantine
+
+-- name: naive_lookup_instance
+-- Benchmark baseline only: the per-request lookup the in-memory registry replaces.
+SELECT i.tenant_id, i.instance_id, i.source_id, i.name
+FROM instances AS i JOIN sources AS s USING (source_id)
+WHERE s.secret_hash = $1 AND i.name = $2
+
+-- name: naive_insert_message
+-- Benchmark baseline only: one row, one statement, one transaction.
+INSERT INTO messages (tenant_id, instance_id, message_id, has_content, chat_jid, chat_type,
+                      sender_jid, sender_phone, from_me, push_name, type, text,
+                      quoted_message_id, message_ts, status, edited_text, edit_ts, deleted,
+                      reactions)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+        $19::jsonb)
+ON CONFLICT (tenant_id, instance_id, message_id) DO UPDATE
+SET status = GREATEST(messages.status, EXCLUDED.status)
