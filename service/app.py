@@ -278,6 +278,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         registry.on_new_instances(lambda added: services.spawn(services.replay_for(added)))
         await registry.start(dsn, pool, settings.registry_refresh_seconds)
         # enrichment seam: post-commit hooks go into batcher.hooks here
+        # stream seam: start the live stream (publisher hook + relay) here
         batcher.start()
         services.ready = True
         try:
@@ -286,12 +287,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # Granian stopped accepting; write what is queued before going away.
             await batcher.close()
             # enrichment seam: stop what was started above
+            # stream seam: stop the live stream here
             await registry.stop()
             for task in list(services._tasks):
                 task.cancel()
             await pool.close()
 
-    all_routes = routes()
+    all_routes = routes()  # stream seam: add the WebSocket, search and dashboard routes here
     if settings.bench_routes:
         from service import baseline
 
