@@ -30,6 +30,10 @@ class Unavailable(Exception):
     """The database cannot be written right now (answer 503 + Retry-After)."""
 
 
+class DatabaseDown(ConnectionError):
+    """The writer could not connect (an OSError, so it counts as unavailable)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Fallback:
     """What to keep in quarantine if this request's rows cannot be written."""
@@ -70,8 +74,17 @@ class Writer:
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             self._conn = None
-            conn = await asyncpg.connect(self.dsn, timeout=self.timeout)
-            await conn.execute(db.q("create_staging"))
+            try:
+                conn = await asyncpg.connect(
+                    self.dsn,
+                    timeout=self.timeout,
+                    server_settings={"application_name": "sense-writer"},
+                )
+                await conn.execute(db.q("create_staging"))
+            except Exception as exc:
+                # Whatever stops us from connecting (refused, shutting down, not accepting
+                # connections, auth...) is the database being unavailable, not bad data.
+                raise DatabaseDown(f"{exc.__class__.__name__}: {exc}") from exc
             self._conn = conn
         return self._conn
 

@@ -44,7 +44,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_groups (
 ) ON COMMIT DELETE ROWS
 
 -- name: upsert_lid_map
--- Learn @lid -> phone pairs, and move messages already filed under a learned @lid chat.
+-- Learn @lid -> phone pairs; move messages and chats already filed under a newly learned @lid.
 WITH learned AS (
     INSERT INTO lid_map AS l (tenant_id, lid_jid, phone_jid)
     SELECT DISTINCT ON (tenant_id, lid_jid) tenant_id, lid_jid, phone_jid
@@ -54,16 +54,40 @@ WITH learned AS (
         SET phone_jid = EXCLUDED.phone_jid, learned_at = now()
         WHERE l.phone_jid <> EXCLUDED.phone_jid
     RETURNING tenant_id, lid_jid, phone_jid
+),
+moved_messages AS (
+    UPDATE messages AS m
+    SET chat_jid = learned.phone_jid,
+        chat_type = 'user',
+        sender_jid = CASE WHEN m.sender_jid = learned.lid_jid
+                          THEN learned.phone_jid ELSE m.sender_jid END,
+        sender_phone = CASE WHEN m.sender_jid = learned.lid_jid
+                            THEN split_part(learned.phone_jid, '@', 1) ELSE m.sender_phone END,
+        updated_at = now()
+    FROM learned
+    WHERE m.tenant_id = learned.tenant_id AND m.chat_type = 'lid' AND m.chat_jid = learned.lid_jid
+),
+moved_chats AS (
+    DELETE FROM chats AS c
+    USING learned
+    WHERE c.tenant_id = learned.tenant_id AND c.chat_type = 'lid' AND c.chat_jid = learned.lid_jid
+    RETURNING c.tenant_id, c.instance_id, learned.phone_jid, c.name, c.unread, c.deleted,
+              c.last_message_id, c.last_message_ts
 )
-UPDATE messages AS m
-SET chat_jid = learned.phone_jid,
-    chat_type = 'user',
-    sender_jid = CASE WHEN m.sender_jid = learned.lid_jid THEN learned.phone_jid ELSE m.sender_jid END,
-    sender_phone = CASE WHEN m.sender_jid = learned.lid_jid
-                        THEN split_part(learned.phone_jid, '@', 1) ELSE m.sender_phone END,
+INSERT INTO chats AS c (tenant_id, instance_id, chat_jid, chat_type, name, unread, deleted,
+                        last_message_id, last_message_ts)
+SELECT DISTINCT ON (tenant_id, instance_id, phone_jid)
+       tenant_id, instance_id, phone_jid, 'user', name, unread, deleted, last_message_id,
+       last_message_ts
+FROM moved_chats
+ORDER BY tenant_id, instance_id, phone_jid, last_message_ts DESC NULLS LAST
+ON CONFLICT (tenant_id, instance_id, chat_jid) DO UPDATE SET
+    name = coalesce(c.name, EXCLUDED.name),
+    last_message_id = CASE WHEN EXCLUDED.last_message_ts
+                                > coalesce(c.last_message_ts, '-infinity'::timestamptz)
+                           THEN EXCLUDED.last_message_id ELSE c.last_message_id END,
+    last_message_ts = GREATEST(c.last_message_ts, EXCLUDED.last_message_ts),
     updated_at = now()
-FROM learned
-WHERE m.tenant_id = learned.tenant_id AND m.chat_type = 'lid' AND m.chat_jid = learned.lid_jid
 
 -- name: upsert_messages
 -- One row per message key in stage_messages (merged beforehand). Content: first one wins

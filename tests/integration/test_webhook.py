@@ -233,3 +233,126 @@ async def test_inline_media_is_not_stored(deployment: Deployment, conn: asyncpg.
         "SELECT pg_column_size(m.*) FROM messages m WHERE message_id = 'IMG1'"
     )
     assert size < 5000
+
+
+async def test_database_down_answers_503_and_the_retry_is_stored(
+    deployment: Deployment, conn: asyncpg.Connection, database_url: str
+) -> None:
+    from tests.conftest import _with_database
+
+    name = await conn.fetchval("SELECT current_database()")
+    other = await asyncpg.connect(_with_database(database_url, "postgres"))
+    await other.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'sense-writer'"
+        )
+        r = await deployment.post(upsert("acme-main", "DOWN1"))
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) > 0
+        assert r.json()["error"] == "unavailable"
+    finally:
+        await other.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await other.close()
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 0
+    # Evolution retries a 5xx: once the database is back the same event is stored.
+    for _ in range(50):
+        r = await deployment.post(upsert("acme-main", "DOWN1"))
+        if r.status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert r.status_code == 200
+    assert (await deployment.message("acme", "acme-main", "DOWN1")).status_code == 200
+
+
+async def test_lid_chat_is_relinked_when_the_phone_is_learned(deployment: Deployment) -> None:
+    lid = "123456789012345@lid"
+    phone = "5511987654321@s.whatsapp.net"
+    # <=2.3.0: an @lid chat with no phone anywhere
+    await deployment.post(upsert("acme-main", "L1", "primeira", remote=lid))
+    first = (await deployment.message("acme", "acme-main", "L1")).json()
+    assert first["chat_jid"] == lid and first["chat_type"] == "lid"
+    assert first["sender_phone"] is None
+    # 2.3.5: the key carries both; from now on the pair is known
+    await deployment.post(
+        upsert("acme-main", "L2", "segunda", remote=lid, key={"remoteJidAlt": phone})
+    )
+    # a later lid-only payload is filed under the phone too
+    await deployment.post(upsert("acme-main", "L3", "terceira", remote=lid + ""))
+    for mid in ("L1", "L2", "L3"):
+        got = (await deployment.message("acme", "acme-main", mid)).json()
+        assert got["chat_jid"] == phone, mid
+        assert got["chat_type"] == "user"
+        assert got["sender_phone"] == "5511987654321"
+    chats = (await deployment.get("/api/v1/chats", "acme")).json()["items"]
+    assert [c["chat_jid"] for c in chats] == [phone]
+    # the pair is per tenant: globex learned nothing
+    await deployment.post(upsert("globex-main", "G1", remote=lid))
+    assert (await deployment.message("globex", "globex-main", "G1")).json()["chat_type"] == "lid"
+
+
+async def test_instances_show_state_and_qr(deployment: Deployment) -> None:
+    qr = {
+        "event": "qrcode.updated",
+        "instance": "acme-main",
+        "data": {"qrcode": {"instance": "acme-main", "pairingCode": "WZYEH1YY",
+                            "code": "2@abc", "base64": "data:image/png;base64,iVBORw0KGgo="}},
+    }
+    assert (await deployment.post(qr)).status_code == 200
+    items = (await deployment.get("/api/v1/instances", "acme")).json()["items"]
+    assert items[0]["name"] == "acme-main"
+    assert items[0]["qrcode"]["pairing_code"] == "WZYEH1YY"
+    state = {
+        "event": "connection.update",
+        "instance": "acme-main",
+        "data": {"instance": "acme-main", "state": "open", "statusReason": 200,
+                 "wuid": "5511900000001:3@s.whatsapp.net", "profileName": "Acme"},
+    }
+    assert (await deployment.post(state)).status_code == 200
+    items = (await deployment.get("/api/v1/instances", "acme")).json()["items"]
+    assert items[0]["state"] == "open"
+    assert items[0]["owner_jid"] == "5511900000001@s.whatsapp.net"
+    assert items[0]["qrcode"] is None  # paired: the QR is gone
+    other = (await deployment.get("/api/v1/instances", "globex")).json()["items"]
+    assert [i["name"] for i in other] == ["globex-main"] and other[0]["state"] is None
+
+
+async def test_chats_list_last_message(deployment: Deployment) -> None:
+    await deployment.post(upsert("acme-main", "C1", "antiga", messageTimestamp=1700000000))
+    await deployment.post(upsert("acme-main", "C2", "nova", messageTimestamp=1700000500))
+    await deployment.post(upsert("acme-main", "C0", "atrasada", messageTimestamp=1690000000))
+    group = upsert("acme-main", "C3", "no grupo", remote="120363025246125486@g.us",
+                   key={"participant": "5511911112222@s.whatsapp.net"}, messageTimestamp=1700000100)
+    await deployment.post(group)
+    chats = (await deployment.get("/api/v1/chats", "acme")).json()["items"]
+    assert [(c["chat_jid"], c["last_message"]["message_id"]) for c in chats] == [
+        ("5511999999999@s.whatsapp.net", "C2"),
+        ("120363025246125486@g.us", "C3"),
+    ]
+    assert chats[1]["chat_type"] == "group"
+    assert chats[1]["last_message"]["sender_jid"] == "5511911112222@s.whatsapp.net"
+    assert (await deployment.get("/api/v1/chats", "globex")).json()["items"] == []
+
+
+async def test_read_api_requires_a_token(deployment: Deployment) -> None:
+    for path in ("/api/v1/messages", "/api/v1/chats", "/api/v1/instances",
+                 "/api/v1/messages/acme-main/X"):
+        assert (await deployment.client.get(path)).status_code == 401
+        r = await deployment.client.get(path, headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401
+    r = await deployment.get("/api/v1/messages", "acme", before="garbage")
+    assert r.status_code == 400
+
+
+async def test_metrics_and_openapi(deployment: Deployment) -> None:
+    await deployment.post(upsert("acme-main", "MET1"))
+    await deployment.post(upsert("nobody", "MET2"))
+    text = (await deployment.client.get("/metrics")).text
+    assert 'sense_webhook_requests_total{event="messagesupsert",outcome="stored"}' in text
+    assert 'outcome="quarantined"' in text
+    assert "sense_quarantine_events 1.0" in text
+    assert 'sense_tenant_messages_total{tenant="acme"}' in text
+    spec = (await deployment.client.get("/openapi.json")).json()
+    assert "/api/v1/messages/{instance}/{message_id}" in spec["paths"]
+    assert "Message" in spec["components"]["schemas"]

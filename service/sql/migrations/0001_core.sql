@@ -143,6 +143,7 @@ CREATE TABLE chats (
     PRIMARY KEY (tenant_id, instance_id, chat_jid)
 );
 CREATE INDEX chats_recent ON chats (tenant_id, last_message_ts DESC NULLS LAST);
+CREATE INDEX chats_lid ON chats (tenant_id, chat_jid) WHERE chat_type = 'lid';
 
 CREATE TABLE groups (
     tenant_id     uuid NOT NULL,
