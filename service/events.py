@@ -493,15 +493,22 @@ def _chats(deleted: bool) -> Handler:
 
 
 def _groups(b: EventBuilder, data: Any, raw: msgspec.Raw) -> None:
-    for item in p.as_list(data):
+    # one GroupMetadata or an array of them; each kept as received (msgspec.Raw cannot sit
+    # in a union, so look at the first byte)
+    text = bytes(raw).lstrip()
+    if text.startswith(b"["):
+        items = p.decode_data(raw, list[msgspec.Raw])
+    elif text.startswith(b"{"):
+        items = [raw]
+    else:
+        raise msgspec.ValidationError("Expected `object | array`, got something else - at `$`")
+    for item in items:
         b.group(item)
 
 
 def _event(b: EventBuilder, data: Any, raw: msgspec.Raw) -> None:
     b.event(raw)
 
-
-RawList = list[msgspec.Raw] | msgspec.Raw
 
 EVENTS: dict[str, tuple[Any, Handler]] = {
     "messagesupsert": (p.Upserts, _messages),
@@ -520,8 +527,8 @@ EVENTS: dict[str, tuple[Any, Handler]] = {
     "chatsupdate": (p.Chats, _chats(deleted=False)),
     "chatsset": (p.Chats, _chats(deleted=False)),
     "chatsdelete": (p.Chats, _chats(deleted=True)),
-    "groupsupsert": (RawList, _groups),
-    "groupsupdate": (RawList, _groups),
+    "groupsupsert": (msgspec.Raw, _groups),
+    "groupsupdate": (msgspec.Raw, _groups),
 }
 
 # Consciously acknowledged without storing: ephemeral or chatbot-internal (answered 202).

@@ -356,3 +356,19 @@ async def test_metrics_and_openapi(deployment: Deployment) -> None:
     spec = (await deployment.client.get("/openapi.json")).json()
     assert "/api/v1/messages/{instance}/{message_id}" in spec["paths"]
     assert "Message" in spec["components"]["schemas"]
+
+
+async def test_groups_object_or_array(deployment: Deployment, conn: asyncpg.Connection) -> None:
+    one = {"id": "120363025246125486@g.us", "subject": "Vendas", "participants": [
+        {"id": "5511911112222@s.whatsapp.net", "admin": "superadmin"}]}
+    many = [{"id": "5511999999999-1600000000@g.us", "subject": "Legado"}]
+    for data in (one, many):
+        body = {"event": "groups.upsert", "instance": "acme-main", "data": data}
+        assert (await deployment.post(body)).status_code == 200
+    rows = await conn.fetch("SELECT group_jid, subject, metadata FROM groups ORDER BY subject")
+    assert [(r[0], r[1]) for r in rows] == [
+        ("5511999999999-1600000000@g.us", "Legado"),
+        ("120363025246125486@g.us", "Vendas"),
+    ]
+    body = {"event": "groups.upsert", "instance": "acme-main", "data": "nope"}
+    assert (await deployment.post(body)).status_code == 400
