@@ -145,7 +145,9 @@ def _tenant(request: Request) -> Tenant | None:
 
 def _unauthorized() -> Response:
     return error(
-        401, "unauthorized", "a tenant token is required (Authorization: Bearer <token>)",
+        401,
+        "unauthorized",
+        "a tenant token is required (Authorization: Bearer <token>)",
         {"WWW-Authenticate": "Bearer"},
     )
 

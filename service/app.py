@@ -57,8 +57,12 @@ class Services:
             access_log.log(
                 level,
                 "webhook",
-                extra={**context, "outcome": outcome, "status": status,
-                       "ms": round(seconds * 1000, 2)},
+                extra={
+                    **context,
+                    "outcome": outcome,
+                    "status": status,
+                    "ms": round(seconds * 1000, 2),
+                },
             )
 
     def count_unavailable(self, reason: str) -> None:

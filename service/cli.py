@@ -280,7 +280,8 @@ demo instance: {DEMO["instance"]}
 try it:
   curl -s -X POST {base}/api/webhooks/evolution/{demo["secret"]}/messages-upsert \\
        -H 'Content-Type: application/json' -d '{body}'
-  curl -s -H 'Authorization: Bearer {demo["token"]}' {base}/api/v1/messages/{DEMO["instance"]}/DEMO0001
+  curl -s -H 'Authorization: Bearer {demo["token"]}' \\
+       {base}/api/v1/messages/{DEMO["instance"]}/DEMO0001
 """,
         flush=True,
     )

@@ -102,14 +102,14 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
-async def create_pool(dsn: str, size: int, timeout: float) -> asyncpg.Pool:
+async def create_pool(dsn: str, size: int, connect_timeout: float) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
         max_size=size,
         init=_init_connection,
-        timeout=timeout,
-        command_timeout=timeout * 3,
+        timeout=connect_timeout,
+        command_timeout=connect_timeout * 3,
         max_inactive_connection_lifetime=60.0,
     )
     assert pool is not None

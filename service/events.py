@@ -291,7 +291,9 @@ class EventBuilder:
                 op = self._op(target)
                 op.reactions = {sender_jid: {"emoji": _clean(reaction.text) or "", "ts": when}}
             return
-        kind, text = describe(m, content.speech_to_text) if m is not None else ("other", None)
+        kind, text = ("other", None)
+        if content is not None and m is not None:
+            kind, text = describe(m, content.speech_to_text)
         op = self._op(key.id or raw_id())
         op.has_content = True
         op.chat_jid, op.chat_type = chat_jid, chat_type

@@ -113,9 +113,7 @@ async def write_in(conn: asyncpg.Connection, ops: Ops) -> Committed:
         await conn.execute(db.q("upsert_lid_map"))
     if ops.messages:
         records = [op.record() for op in merge_messages(ops.messages)]
-        await conn.copy_records_to_table(
-            "stage_messages", records=records, columns=MESSAGE_COLUMNS
-        )
+        await conn.copy_records_to_table("stage_messages", records=records, columns=MESSAGE_COLUMNS)
         for r in await conn.fetch(db.q("upsert_messages")):
             key = (r["tenant_id"], r["instance_id"], r["message_id"])
             if r["created"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -99,7 +100,7 @@ class _Values:
     def __init__(self, quarantined: int | None) -> None:
         self.quarantined = quarantined
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         if self.quarantined is not None:
             yield GaugeMetricFamily(
                 "sense_quarantine_events", "Events waiting in quarantine", value=self.quarantined
@@ -108,7 +109,7 @@ class _Values:
 
 def render(quarantined: int | None) -> tuple[bytes, str]:
     extra = CollectorRegistry()
-    extra.register(_Values(quarantined))  # type: ignore[arg-type]
+    extra.register(_Values(quarantined))
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)

@@ -9,7 +9,7 @@ import msgspec
 
 from service import admin, api
 
-_BEARER = [{"bearer": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -92,7 +92,12 @@ def document() -> dict[str, Any]:
                 **webhook,
                 "parameters": [
                     secret,
-                    {"name": "suffix", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "suffix",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
                 ],
             }
         },
@@ -119,10 +124,18 @@ def document() -> dict[str, Any]:
                 "summary": "One message",
                 "security": _BEARER,
                 "parameters": [
-                    {"name": "instance", "in": "path", "required": True,
-                     "schema": {"type": "string"}},
-                    {"name": "message_id", "in": "path", "required": True,
-                     "schema": {"type": "string"}},
+                    {
+                        "name": "instance",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "message_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
                 ],
                 "responses": {"200": _ok("Message"), "401": unauthorized, "404": not_found},
             }

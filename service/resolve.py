@@ -127,7 +127,9 @@ class Registry:
             snap.tenants[tenant.tenant_id] = tenant
             snap.tenants_by_token[bytes(r["token_hash"])] = tenant
         for r in instances:
-            inst = Instance(r["tenant_id"], r["instance_id"], r["source_id"], r["name"], r["apikey"])
+            inst = Instance(
+                r["tenant_id"], r["instance_id"], r["source_id"], r["name"], r["apikey"]
+            )
             snap.instances[(inst.source_id, inst.name)] = inst
             snap.instances_by_tenant[(inst.tenant_id, inst.name)] = inst
         before = self.snapshot.instances

@@ -56,9 +56,11 @@ class TrafficGenerator:
         """(event name, envelope) of the next event."""
         roll = self.rng.random()
         acc = 0.0
-        for name, weight in MIX:
+        name = MIX[-1][0]
+        for candidate, weight in MIX:
             acc += weight
             if roll < acc:
+                name = candidate
                 break
         instance = self.rng.choice(self.instances)
         builder = getattr(self, "_" + name.replace(".", "_"))
@@ -90,7 +92,9 @@ class TrafficGenerator:
                 "participant": "",
                 "addressingMode": "lid",
             },
-            "pushName": "Você" if from_me else self.rng.choice(["Ana", "João Silva", "Maria", None]),
+            "pushName": "Você"
+            if from_me
+            else self.rng.choice(["Ana", "João Silva", "Maria", None]),
             "status": status,
             "message": {"conversation": self.rng.choice(PHRASES), "messageContextInfo": {}},
             "messageType": "conversation",

@@ -23,8 +23,9 @@ def test_cli_registration_and_routing_across_workers(server: Server) -> None:
     r = httpx.post(hook + "/messages-upsert", json=upsert("acme-1", "BEFORE"))
     assert r.status_code == 202
     assert sense("quarantine", "list", env=server.env)[0]["instance"] == "acme-1"
-    added = sense("instance", "add", "--tenant", "acme", "--source", "evo-1", "acme-1",
-                  env=server.env)
+    added = sense(
+        "instance", "add", "--tenant", "acme", "--source", "evo-1", "acme-1", env=server.env
+    )
     assert added["replayed"] in (0, 1)  # the server may have replayed it first (on NOTIFY)
     registered_at = time.monotonic()
     # every worker process must route the new instance within a second; fresh connections

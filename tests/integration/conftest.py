@@ -42,9 +42,7 @@ class Deployment:
     tenant_of: dict[str, str] = field(default_factory=dict)  # instance -> tenant
 
     async def admin(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        return await self.client.post(
-            path, json=body, headers={"Authorization": f"Bearer {ADMIN}"}
-        )
+        return await self.client.post(path, json=body, headers={"Authorization": f"Bearer {ADMIN}"})
 
     async def tenant(self, name: str) -> str:
         r = await self.admin("/api/admin/tenants", {"name": name})

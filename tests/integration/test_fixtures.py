@@ -15,15 +15,16 @@ import pytest
 from tests.integration.conftest import Deployment
 
 FIXTURES = sorted((Path(__file__).parent.parent / "fixtures" / "evolution").glob("*.json"))
+LOADED = {p.stem: json.loads(p.read_text()) for p in FIXTURES}
 
 
 def test_the_corpus_is_there() -> None:
     assert len(FIXTURES) >= 40
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
-async def test_fixture(path: Path, client: Any) -> None:
-    fixture = json.loads(path.read_text())
+@pytest.mark.parametrize("name", sorted(LOADED))
+async def test_fixture(name: str, client: Any) -> None:
+    fixture = LOADED[name]
     d = Deployment(client)
     await d.source("evo")
     for name in fixture.get("instances", []):
@@ -46,9 +47,7 @@ async def test_fixture(path: Path, client: Any) -> None:
         got = await d.message(tenant, wanted["instance"], wanted["message_id"])
         assert got.status_code == 200, f"{wanted['message_id']}: {got.text}"
         body = got.json()
-        mismatched = {
-            k: (v, body.get(k)) for k, v in wanted.items() if body.get(k) != v
-        }
+        mismatched = {k: (v, body.get(k)) for k, v in wanted.items() if body.get(k) != v}
         assert not mismatched, f"{wanted['message_id']}: (expected, got) {mismatched}"
         # a tenant sees only its own data
         for other in d.tokens:

@@ -10,11 +10,29 @@ from service.events import EVENTS, IGNORED, KEPT_AS_EVENTS
 from tests.integration.conftest import Deployment
 
 EVENT_NAMES = sorted(
-    {"messages.upsert", "messages.update", "messages.delete", "messages.edited",
-     "send.message", "send.message.update", "messages.set", "connection.update",
-     "qrcode.updated", "contacts.upsert", "contacts.update", "chats.upsert", "chats.update",
-     "chats.delete", "chats.set", "groups.upsert", "group-participants.update", "call",
-     "presence.update", "labels.edit", "future.event"}
+    {
+        "messages.upsert",
+        "messages.update",
+        "messages.delete",
+        "messages.edited",
+        "send.message",
+        "send.message.update",
+        "messages.set",
+        "connection.update",
+        "qrcode.updated",
+        "contacts.upsert",
+        "contacts.update",
+        "chats.upsert",
+        "chats.update",
+        "chats.delete",
+        "chats.set",
+        "groups.upsert",
+        "group-participants.update",
+        "call",
+        "presence.update",
+        "labels.edit",
+        "future.event",
+    }
 )
 assert {e.replace(".", "").replace("-", "") for e in EVENT_NAMES} - set(EVENTS) - IGNORED - (
     KEPT_AS_EVENTS
@@ -29,10 +47,35 @@ scalars = st.one_of(
     st.sampled_from(["5511999999999@s.whatsapp.net", "1@lid", "x@g.us", "", "\x00", ":1@"]),
 )
 keys = st.sampled_from(
-    ["key", "id", "remoteJid", "fromMe", "message", "conversation", "status", "keyId",
-     "messageTimestamp", "low", "high", "unsigned", "editedMessage", "type", "pushName",
-     "qrcode", "state", "reactionMessage", "text", "participant", "extendedTextMessage",
-     "imageMessage", "caption", "messages", "remoteJidAlt", "base64", "contextInfo"]
+    [
+        "key",
+        "id",
+        "remoteJid",
+        "fromMe",
+        "message",
+        "conversation",
+        "status",
+        "keyId",
+        "messageTimestamp",
+        "low",
+        "high",
+        "unsigned",
+        "editedMessage",
+        "type",
+        "pushName",
+        "qrcode",
+        "state",
+        "reactionMessage",
+        "text",
+        "participant",
+        "extendedTextMessage",
+        "imageMessage",
+        "caption",
+        "messages",
+        "remoteJidAlt",
+        "base64",
+        "contextInfo",
+    ]
 ) | st.text(max_size=8)
 json_values = st.recursive(
     scalars,

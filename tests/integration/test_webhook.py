@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import httpx
 import msgspec
 
+from service.app import create_app
+from service.settings import load_settings
 from tests.integration.conftest import Deployment, status_update, upsert
 
 
@@ -109,8 +112,12 @@ async def test_edit_delete_and_reaction_before_the_message(deployment: Deploymen
     delete = {
         "event": "messages.delete",
         "instance": "acme-main",
-        "data": {"remoteJid": "5511999999999@s.whatsapp.net", "fromMe": False, "id": "E1",
-                 "status": "DELETED"},
+        "data": {
+            "remoteJid": "5511999999999@s.whatsapp.net",
+            "fromMe": False,
+            "id": "E1",
+            "status": "DELETED",
+        },
     }
     assert (await deployment.post(delete)).status_code == 200
     assert (await deployment.message("acme", "acme-main", "E1")).json()["deleted"] is True
@@ -157,9 +164,12 @@ async def test_admin_replay_route(deployment: Deployment, conn: asyncpg.Connecti
             break
         await asyncio.sleep(0.05)
     assert replayed in (0, 1)
-    assert await conn.fetchval(
-        "SELECT count(*) FROM messages WHERE message_id = 'Q2' AND tenant_id = $1", tenant_id
-    ) == 1
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM messages WHERE message_id = 'Q2' AND tenant_id = $1", tenant_id
+        )
+        == 1
+    )
 
 
 async def test_bad_secret_and_apikey(deployment: Deployment) -> None:
@@ -179,36 +189,33 @@ async def test_bad_secret_and_apikey(deployment: Deployment) -> None:
 async def test_bad_input_gets_a_clear_400(deployment: Deployment) -> None:
     cases = [
         (b"not json", "invalid_json"),
-        (b"{\"event\": \"messages.upsert\"", "invalid_json"),
+        (b'{"event": "messages.upsert"', "invalid_json"),
         (b"[1, 2]", "invalid_envelope"),
-        (b"{\"instance\": \"acme-main\", \"data\": {}}", "invalid_envelope"),
-        (b"{\"event\": 5, \"instance\": \"acme-main\"}", "invalid_envelope"),
-        (b"{\"event\": \"messages.upsert\", \"instance\": \"acme-main\", \"data\": {\"key\": 7}}",
-         "invalid_data"),
+        (b'{"instance": "acme-main", "data": {}}', "invalid_envelope"),
+        (b'{"event": 5, "instance": "acme-main"}', "invalid_envelope"),
+        (
+            b'{"event": "messages.upsert", "instance": "acme-main", "data": {"key": 7}}',
+            "invalid_data",
+        ),
     ]
     for raw, code in cases:
         r = await deployment.post(None, raw=raw)
         assert r.status_code == 400, raw
         assert r.json()["error"] == code, r.text
         assert r.json()["detail"]
-    r = await deployment.post(None, raw=b"{\"instance\": \"acme-main\"}")
+    r = await deployment.post(None, raw=b'{"instance": "acme-main"}')
     assert "event" in r.json()["detail"]
     r = await deployment.post(None, raw=cases[-1][0])
     assert "$.data.key" in r.json()["detail"]
 
 
-async def test_body_limit(client, conn, database_url) -> None:  # type: ignore[no-untyped-def]
-    from service.app import create_app
-    from service.settings import load_settings
-    import httpx
-
+async def test_body_limit(conn: asyncpg.Connection, database_url: str) -> None:
     settings = load_settings({}, database_url=database_url, admin_token="a", max_body_bytes=1000)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://t"
         ) as c:
-            d = Deployment(c)
             d_admin = {"Authorization": "Bearer a"}
             r = await c.post("/api/admin/sources", json={"name": "s"}, headers=d_admin)
             secret = r.json()["secret"]
@@ -216,7 +223,6 @@ async def test_body_limit(client, conn, database_url) -> None:  # type: ignore[n
             r = await c.post(f"/api/webhooks/evolution/{secret}", content=msgspec.json.encode(big))
             assert r.status_code == 413
             assert "SENSE_MAX_BODY_BYTES" in r.json()["detail"]
-            del d
 
 
 async def test_inline_media_is_not_stored(deployment: Deployment, conn: asyncpg.Connection) -> None:
@@ -296,8 +302,14 @@ async def test_instances_show_state_and_qr(deployment: Deployment) -> None:
     qr = {
         "event": "qrcode.updated",
         "instance": "acme-main",
-        "data": {"qrcode": {"instance": "acme-main", "pairingCode": "WZYEH1YY",
-                            "code": "2@abc", "base64": "data:image/png;base64,iVBORw0KGgo="}},
+        "data": {
+            "qrcode": {
+                "instance": "acme-main",
+                "pairingCode": "WZYEH1YY",
+                "code": "2@abc",
+                "base64": "data:image/png;base64,iVBORw0KGgo=",
+            }
+        },
     }
     assert (await deployment.post(qr)).status_code == 200
     items = (await deployment.get("/api/v1/instances", "acme")).json()["items"]
@@ -306,8 +318,13 @@ async def test_instances_show_state_and_qr(deployment: Deployment) -> None:
     state = {
         "event": "connection.update",
         "instance": "acme-main",
-        "data": {"instance": "acme-main", "state": "open", "statusReason": 200,
-                 "wuid": "5511900000001:3@s.whatsapp.net", "profileName": "Acme"},
+        "data": {
+            "instance": "acme-main",
+            "state": "open",
+            "statusReason": 200,
+            "wuid": "5511900000001:3@s.whatsapp.net",
+            "profileName": "Acme",
+        },
     }
     assert (await deployment.post(state)).status_code == 200
     items = (await deployment.get("/api/v1/instances", "acme")).json()["items"]
@@ -322,8 +339,14 @@ async def test_chats_list_last_message(deployment: Deployment) -> None:
     await deployment.post(upsert("acme-main", "C1", "antiga", messageTimestamp=1700000000))
     await deployment.post(upsert("acme-main", "C2", "nova", messageTimestamp=1700000500))
     await deployment.post(upsert("acme-main", "C0", "atrasada", messageTimestamp=1690000000))
-    group = upsert("acme-main", "C3", "no grupo", remote="120363025246125486@g.us",
-                   key={"participant": "5511911112222@s.whatsapp.net"}, messageTimestamp=1700000100)
+    group = upsert(
+        "acme-main",
+        "C3",
+        "no grupo",
+        remote="120363025246125486@g.us",
+        key={"participant": "5511911112222@s.whatsapp.net"},
+        messageTimestamp=1700000100,
+    )
     await deployment.post(group)
     chats = (await deployment.get("/api/v1/chats", "acme")).json()["items"]
     assert [(c["chat_jid"], c["last_message"]["message_id"]) for c in chats] == [
@@ -336,8 +359,12 @@ async def test_chats_list_last_message(deployment: Deployment) -> None:
 
 
 async def test_read_api_requires_a_token(deployment: Deployment) -> None:
-    for path in ("/api/v1/messages", "/api/v1/chats", "/api/v1/instances",
-                 "/api/v1/messages/acme-main/X"):
+    for path in (
+        "/api/v1/messages",
+        "/api/v1/chats",
+        "/api/v1/instances",
+        "/api/v1/messages/acme-main/X",
+    ):
         assert (await deployment.client.get(path)).status_code == 401
         r = await deployment.client.get(path, headers={"Authorization": "Bearer nope"})
         assert r.status_code == 401
@@ -359,8 +386,11 @@ async def test_metrics_and_openapi(deployment: Deployment) -> None:
 
 
 async def test_groups_object_or_array(deployment: Deployment, conn: asyncpg.Connection) -> None:
-    one = {"id": "120363025246125486@g.us", "subject": "Vendas", "participants": [
-        {"id": "5511911112222@s.whatsapp.net", "admin": "superadmin"}]}
+    one = {
+        "id": "120363025246125486@g.us",
+        "subject": "Vendas",
+        "participants": [{"id": "5511911112222@s.whatsapp.net", "admin": "superadmin"}],
+    }
     many = [{"id": "5511999999999-1600000000@g.us", "subject": "Legado"}]
     for data in (one, many):
         body = {"event": "groups.upsert", "instance": "acme-main", "data": data}

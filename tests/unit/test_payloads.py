@@ -41,7 +41,9 @@ def test_envelope_requires_event_and_instance() -> None:
         p.envelope_decoder.decode(b'{"instance": "a"}')
     with pytest.raises(msgspec.ValidationError, match="instance"):
         p.envelope_decoder.decode(b'{"event": "x", "instance": null}')
-    env = p.envelope_decoder.decode(b'{"event": "x", "instance": "a", "extra": [1], "isLatest": true}')
+    env = p.envelope_decoder.decode(
+        b'{"event": "x", "instance": "a", "extra": [1], "isLatest": true}'
+    )
     assert env.data == msgspec.Raw(b"null")
 
 
@@ -49,8 +51,10 @@ def test_message_data_ignores_unknown_fields_and_inline_media() -> None:
     raw = msgspec.json.encode(
         {
             "key": {"remoteJid": "1@s.whatsapp.net", "fromMe": "true", "id": "A", "new": 1},
-            "message": {"imageMessage": {"caption": "x", "jpegThumbnail": {"0": 1}},
-                        "base64": "QUFB" * 10},
+            "message": {
+                "imageMessage": {"caption": "x", "jpegThumbnail": {"0": 1}},
+                "base64": "QUFB" * 10,
+            },
             "messageTimestamp": {"low": 5, "high": 0, "unsigned": False},
             "somethingNew": {"deep": [1, 2]},
         }

@@ -1,0 +1,95 @@
+//! Thin PyO3 shims: convert types, call `jid`, convert back.
+
+use pyo3::prelude::*;
+
+use crate::jid::{self, KeyFields};
+
+#[pyfunction]
+#[pyo3(signature = (jid))]
+fn normalize_jid(jid: Option<&str>) -> Option<String> {
+    jid.and_then(jid::normalize_jid)
+}
+
+#[pyfunction]
+fn normalize_jids(jids: Vec<Option<String>>) -> Vec<Option<String>> {
+    jids.iter()
+        .map(|j| j.as_deref().and_then(jid::normalize_jid))
+        .collect()
+}
+
+#[pyfunction]
+#[pyo3(signature = (jid))]
+fn jid_kind(jid: Option<&str>) -> &'static str {
+    jid.map_or(jid::Kind::Unknown, jid::jid_kind).as_str()
+}
+
+#[pyfunction]
+#[pyo3(signature = (jid))]
+fn phone_digits(jid: Option<&str>) -> Option<String> {
+    jid.and_then(jid::phone_digits)
+}
+
+#[pyfunction]
+fn phone_key(digits: &str) -> String {
+    jid::phone_key(digits)
+}
+
+type Resolved = (
+    Option<String>,
+    &'static str,
+    Option<String>,
+    Option<String>,
+    Vec<(String, String)>,
+);
+
+#[pyfunction]
+#[pyo3(signature = (
+    remote_jid, remote_jid_alt=None, sender_pn=None, sender_lid=None, previous_remote_jid=None,
+    participant=None, participant_alt=None, participant_pn=None, participant_lid=None,
+    from_me=false, owner_jid=None
+))]
+#[allow(clippy::too_many_arguments)]
+fn resolve_addresses(
+    remote_jid: Option<&str>,
+    remote_jid_alt: Option<&str>,
+    sender_pn: Option<&str>,
+    sender_lid: Option<&str>,
+    previous_remote_jid: Option<&str>,
+    participant: Option<&str>,
+    participant_alt: Option<&str>,
+    participant_pn: Option<&str>,
+    participant_lid: Option<&str>,
+    from_me: bool,
+    owner_jid: Option<&str>,
+) -> Resolved {
+    let a = jid::resolve_addresses(&KeyFields {
+        remote_jid,
+        remote_jid_alt,
+        sender_pn,
+        sender_lid,
+        previous_remote_jid,
+        participant,
+        participant_alt,
+        participant_pn,
+        participant_lid,
+        from_me,
+        owner_jid,
+    });
+    (
+        a.chat_jid,
+        a.chat_type.as_str(),
+        a.sender_jid,
+        a.sender_phone,
+        a.lid_pairs,
+    )
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(normalize_jid, m)?)?;
+    m.add_function(wrap_pyfunction!(normalize_jids, m)?)?;
+    m.add_function(wrap_pyfunction!(jid_kind, m)?)?;
+    m.add_function(wrap_pyfunction!(phone_digits, m)?)?;
+    m.add_function(wrap_pyfunction!(phone_key, m)?)?;
+    m.add_function(wrap_pyfunction!(resolve_addresses, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,441 @@
+//! WhatsApp JIDs as Evolution / Baileys deliver them (webhook doc §7): canonical form, kind,
+//! phone digits, the equivalence key of one person's numbers, and the robust chat/sender rule.
+
+/// What a JID names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    User,
+    Group,
+    Broadcast,
+    Status,
+    Newsletter,
+    Lid,
+    Unknown,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::User => "user",
+            Kind::Group => "group",
+            Kind::Broadcast => "broadcast",
+            Kind::Status => "status",
+            Kind::Newsletter => "newsletter",
+            Kind::Lid => "lid",
+            Kind::Unknown => "unknown",
+        }
+    }
+}
+
+const WHITESPACE: &[char] = &[' ', '\t', '\n', '\r', '\x0c'];
+
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Strip a trailing `:<digits>` (device) from a user part.
+fn strip_device(user: &str) -> &str {
+    match user.rfind(':') {
+        Some(i) if is_digits(&user[i + 1..]) => &user[..i],
+        _ => user,
+    }
+}
+
+/// Strip a trailing `.<digits>` (agent) from a user part.
+fn strip_agent(user: &str) -> &str {
+    match user.rfind('.') {
+        Some(i) if is_digits(&user[i + 1..]) => &user[..i],
+        _ => user,
+    }
+}
+
+/// The canonical form of a JID, or None when there is nothing to name.
+pub fn normalize_jid(jid: &str) -> Option<String> {
+    // ASCII only: JIDs are ASCII, and this keeps the result independent of Unicode tables.
+    let trimmed = jid.trim_matches(WHITESPACE);
+    if trimmed.is_empty() {
+        return None;
+    }
+    let lower = trimmed.to_ascii_lowercase();
+    let Some(at) = lower.find('@') else {
+        // A bare number: keep it only when it is one.
+        let digits: String = lower
+            .chars()
+            .filter(|c| !matches!(c, '+' | '(' | ')' | '-' | '.' | ' '))
+            .collect();
+        if is_digits(&digits) && (5..=20).contains(&digits.len()) {
+            return Some(digits + "@s.whatsapp.net");
+        }
+        return None;
+    };
+    let (user, server) = (&lower[..at], &lower[at + 1..]);
+    if user.is_empty() {
+        return None;
+    }
+    let server = if server == "c.us" {
+        "s.whatsapp.net"
+    } else {
+        server
+    };
+    let mut user = strip_device(user);
+    if matches!(server, "s.whatsapp.net" | "lid" | "hosted" | "hosted.lid") {
+        user = strip_agent(user);
+    }
+    if user.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(user.len() + 1 + server.len());
+    out.push_str(user);
+    out.push('@');
+    out.push_str(server);
+    Some(out)
+}
+
+/// The kind of an already canonical JID.
+pub fn kind_of_canonical(jid: &str) -> Kind {
+    if jid == "status@broadcast" {
+        return Kind::Status;
+    }
+    let server = match jid.find('@') {
+        Some(i) => &jid[i + 1..],
+        None => return Kind::Unknown,
+    };
+    match server {
+        "s.whatsapp.net" | "hosted" => Kind::User,
+        "g.us" => Kind::Group,
+        "broadcast" => Kind::Broadcast,
+        "newsletter" => Kind::Newsletter,
+        "lid" | "hosted.lid" => Kind::Lid,
+        _ => Kind::Unknown,
+    }
+}
+
+pub fn jid_kind(jid: &str) -> Kind {
+    normalize_jid(jid).map_or(Kind::Unknown, |j| kind_of_canonical(&j))
+}
+
+fn digits_of_canonical(jid: &str) -> Option<&str> {
+    if kind_of_canonical(jid) != Kind::User {
+        return None;
+    }
+    let user = &jid[..jid.find('@')?];
+    is_digits(user).then_some(user)
+}
+
+pub fn phone_digits(jid: &str) -> Option<String> {
+    let canonical = normalize_jid(jid)?;
+    digits_of_canonical(&canonical).map(str::to_owned)
+}
+
+/// One key for the numbers of one person: Brazil with and without the 9th digit,
+/// Mexico with and without the `1`, Argentina with and without the `9`.
+pub fn phone_key(number: &str) -> String {
+    let d: String = number.chars().filter(char::is_ascii_digit).collect();
+    let b = d.as_bytes();
+    if b.len() == 13 {
+        if d.starts_with("55") && b[4] == b'9' {
+            return format!("{}{}", &d[..4], &d[5..]);
+        }
+        if d.starts_with("521") || d.starts_with("549") {
+            return format!("{}{}", &d[..2], &d[3..]);
+        }
+    }
+    d
+}
+
+/// The key fields of a message, as received.
+#[derive(Default, Clone, Debug)]
+pub struct KeyFields<'a> {
+    pub remote_jid: Option<&'a str>,
+    pub remote_jid_alt: Option<&'a str>,
+    pub sender_pn: Option<&'a str>,
+    pub sender_lid: Option<&'a str>,
+    pub previous_remote_jid: Option<&'a str>,
+    pub participant: Option<&'a str>,
+    pub participant_alt: Option<&'a str>,
+    pub participant_pn: Option<&'a str>,
+    pub participant_lid: Option<&'a str>,
+    pub from_me: bool,
+    pub owner_jid: Option<&'a str>,
+}
+
+/// Who a message is with and from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addresses {
+    pub chat_jid: Option<String>,
+    pub chat_type: Kind,
+    pub sender_jid: Option<String>,
+    pub sender_phone: Option<String>,
+    pub lid_pairs: Vec<(String, String)>,
+}
+
+fn norm(value: Option<&str>) -> Option<String> {
+    value.and_then(normalize_jid)
+}
+
+fn first_of(kind: Kind, candidates: &[Option<&str>]) -> Option<String> {
+    candidates
+        .iter()
+        .filter_map(|c| norm(*c))
+        .find(|j| kind_of_canonical(j) == kind)
+}
+
+/// The robust rule of §7: phone when anything in the key tells it, else the LID.
+pub fn resolve_addresses(k: &KeyFields) -> Addresses {
+    let remote = norm(k.remote_jid);
+    let head = remote.clone().or_else(|| norm(k.remote_jid_alt));
+    let head_kind = head.as_deref().map_or(Kind::Unknown, kind_of_canonical);
+    let mut lid_pairs = Vec::new();
+    let (chat_jid, sender_jid) = if matches!(
+        head_kind,
+        Kind::Group | Kind::Broadcast | Kind::Status | Kind::Newsletter
+    ) {
+        let sender = if k.from_me {
+            norm(k.owner_jid)
+        } else {
+            let phone = first_of(
+                Kind::User,
+                &[k.participant, k.participant_alt, k.participant_pn],
+            );
+            let lid = first_of(
+                Kind::Lid,
+                &[k.participant, k.participant_alt, k.participant_lid],
+            );
+            if let (Some(l), Some(p)) = (&lid, &phone) {
+                lid_pairs.push((l.clone(), p.clone()));
+            }
+            phone.or(lid).or_else(|| norm(k.participant))
+        };
+        (head, sender)
+    } else {
+        let (sender_pn, sender_lid) = if k.from_me {
+            (None, None)
+        } else {
+            (k.sender_pn, k.sender_lid)
+        };
+        let phone = first_of(
+            Kind::User,
+            &[
+                k.remote_jid,
+                k.remote_jid_alt,
+                sender_pn,
+                k.previous_remote_jid,
+            ],
+        );
+        let lid = first_of(
+            Kind::Lid,
+            &[
+                k.remote_jid,
+                k.remote_jid_alt,
+                sender_lid,
+                k.previous_remote_jid,
+            ],
+        );
+        if let (Some(l), Some(p)) = (&lid, &phone) {
+            lid_pairs.push((l.clone(), p.clone()));
+        }
+        let chat = phone.or(lid).or(remote);
+        let sender = if k.from_me {
+            norm(k.owner_jid)
+        } else {
+            chat.clone()
+        };
+        (chat, sender)
+    };
+    let chat_type = chat_jid.as_deref().map_or(Kind::Unknown, kind_of_canonical);
+    let sender_phone = sender_jid
+        .as_deref()
+        .and_then(digits_of_canonical)
+        .map(str::to_owned);
+    Addresses {
+        chat_jid,
+        chat_type,
+        sender_jid,
+        sender_phone,
+        lid_pairs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Option<String> {
+        normalize_jid(s)
+    }
+
+    #[test]
+    fn canonical_forms() {
+        assert_eq!(
+            n("5511999999999@s.whatsapp.net").as_deref(),
+            Some("5511999999999@s.whatsapp.net")
+        );
+        assert_eq!(
+            n(" 5511999999999:12@S.WhatsApp.net ").as_deref(),
+            Some("5511999999999@s.whatsapp.net")
+        );
+        assert_eq!(
+            n("5511999999999@c.us").as_deref(),
+            Some("5511999999999@s.whatsapp.net")
+        );
+        assert_eq!(
+            n("123456789012345:20@lid").as_deref(),
+            Some("123456789012345@lid")
+        );
+        assert_eq!(
+            n("5511999999999.0:3@s.whatsapp.net").as_deref(),
+            Some("5511999999999@s.whatsapp.net")
+        );
+        assert_eq!(
+            n("5511999999999-1600000000@g.us").as_deref(),
+            Some("5511999999999-1600000000@g.us")
+        );
+        assert_eq!(n("status@broadcast").as_deref(), Some("status@broadcast"));
+        assert_eq!(
+            n("+55 (11) 99999-9999").as_deref(),
+            Some("5511999999999@s.whatsapp.net")
+        );
+        assert_eq!(n(""), None);
+        assert_eq!(n("   "), None);
+        assert_eq!(n("@s.whatsapp.net"), None);
+        assert_eq!(n(":12@s.whatsapp.net"), None);
+        assert_eq!(n("João"), None);
+        assert_eq!(n("1234"), None);
+        assert_eq!(
+            n("abc:x@weird.server").as_deref(),
+            Some("abc:x@weird.server")
+        );
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(jid_kind("status@broadcast"), Kind::Status);
+        assert_eq!(jid_kind("1600000000@broadcast"), Kind::Broadcast);
+        assert_eq!(jid_kind("120363025246125486@g.us"), Kind::Group);
+        assert_eq!(jid_kind("1@newsletter"), Kind::Newsletter);
+        assert_eq!(jid_kind("1@lid"), Kind::Lid);
+        assert_eq!(jid_kind("1@hosted.lid"), Kind::Lid);
+        assert_eq!(jid_kind("1@hosted"), Kind::User);
+        assert_eq!(jid_kind("1@c.us"), Kind::User);
+        assert_eq!(jid_kind("x@y"), Kind::Unknown);
+        assert_eq!(jid_kind(""), Kind::Unknown);
+    }
+
+    #[test]
+    fn phones() {
+        assert_eq!(
+            phone_digits("5511999999999:3@s.whatsapp.net").as_deref(),
+            Some("5511999999999")
+        );
+        assert_eq!(phone_digits("123@lid"), None);
+        assert_eq!(phone_digits("abc@s.whatsapp.net"), None);
+        assert_eq!(phone_key("5511998765432"), phone_key("551198765432"));
+        assert_eq!(phone_key("5531998765432"), "553198765432");
+        assert_eq!(phone_key("5215512345678"), phone_key("525512345678"));
+        assert_eq!(phone_key("5491123456789"), phone_key("541123456789"));
+        assert_eq!(phone_key("+1 (415) 555-0100"), "14155550100");
+        assert_eq!(phone_key(""), "");
+    }
+
+    #[test]
+    fn dm_with_lid_and_phone() {
+        let a = resolve_addresses(&KeyFields {
+            remote_jid: Some("123456789012345@lid"),
+            remote_jid_alt: Some("5511987654321:2@s.whatsapp.net"),
+            ..Default::default()
+        });
+        assert_eq!(a.chat_jid.as_deref(), Some("5511987654321@s.whatsapp.net"));
+        assert_eq!(a.chat_type, Kind::User);
+        assert_eq!(a.sender_phone.as_deref(), Some("5511987654321"));
+        assert_eq!(
+            a.lid_pairs,
+            vec![(
+                "123456789012345@lid".into(),
+                "5511987654321@s.whatsapp.net".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn from_me_sender_is_the_owner_and_sender_pn_is_ignored() {
+        let a = resolve_addresses(&KeyFields {
+            remote_jid: Some("123@lid"),
+            sender_pn: Some("5511900000001@s.whatsapp.net"),
+            from_me: true,
+            owner_jid: Some("5511900000001:5@s.whatsapp.net"),
+            ..Default::default()
+        });
+        assert_eq!(a.chat_jid.as_deref(), Some("123@lid"));
+        assert_eq!(a.chat_type, Kind::Lid);
+        assert_eq!(
+            a.sender_jid.as_deref(),
+            Some("5511900000001@s.whatsapp.net")
+        );
+        assert!(a.lid_pairs.is_empty());
+    }
+
+    #[test]
+    fn group_sender_is_the_participant_phone() {
+        let a = resolve_addresses(&KeyFields {
+            remote_jid: Some("120363025246125486@g.us"),
+            participant: Some("999@lid"),
+            participant_alt: Some("5511911112222@s.whatsapp.net"),
+            ..Default::default()
+        });
+        assert_eq!(a.chat_type, Kind::Group);
+        assert_eq!(
+            a.sender_jid.as_deref(),
+            Some("5511911112222@s.whatsapp.net")
+        );
+        assert_eq!(
+            a.lid_pairs,
+            vec![("999@lid".into(), "5511911112222@s.whatsapp.net".into())]
+        );
+    }
+
+    #[test]
+    fn nothing_at_all() {
+        let a = resolve_addresses(&KeyFields::default());
+        assert_eq!(a.chat_jid, None);
+        assert_eq!(a.chat_type, Kind::Unknown);
+        assert_eq!(a.sender_jid, None);
+    }
+
+    #[test]
+    fn odd_inputs_never_panic() {
+        let long = "9".repeat(5000);
+        let odd = [
+            "@",
+            "@@",
+            ":",
+            ":@",
+            "a:@b",
+            ".@lid",
+            "1.:2@lid",
+            "é@ü",
+            "\u{0}",
+            "::1@lid",
+            "😀:1@s.whatsapp.net",
+            "1:😀@lid",
+            "-",
+            "+",
+            long.as_str(),
+            "Ⅻ@c.us",
+            "İ@lid",
+        ];
+        for s in odd.iter() {
+            let c = normalize_jid(s);
+            if let Some(c) = &c {
+                assert_eq!(normalize_jid(c).as_deref(), Some(c.as_str()), "{s:?}");
+            }
+            let _ = jid_kind(s);
+            let _ = phone_digits(s);
+            let _ = phone_key(s);
+            let _ = resolve_addresses(&KeyFields {
+                remote_jid: Some(s),
+                participant: Some(s),
+                ..Default::default()
+            });
+        }
+    }
+}
