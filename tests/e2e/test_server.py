@@ -97,3 +97,23 @@ def test_sigterm_flushes_everything_acknowledged(clean_db: str, tmp_path: Path) 
         return {r[0] for r in rows}
 
     assert acked <= asyncio.run(stored())
+
+
+def test_metrics_add_up_over_worker_processes(server: Server) -> None:
+    sense("tenant", "create", "m", env=server.env)
+    source = sense("source", "create", "ms", env=server.env)
+    sense("instance", "add", "--tenant", "m", "--source", "ms", "mi", env=server.env)
+    hook = server.url + source["webhook_path"]
+    for n in range(30):
+        # a fresh connection each time, so both workers serve some
+        with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            assert c.post(hook, json=upsert("mi", f"P{n}")).status_code == 200
+    for _ in range(3):  # whichever worker answers the scrape, the totals are the same
+        text = httpx.get(server.url + "/metrics").text
+        line = next(
+            x
+            for x in text.splitlines()
+            if x.startswith('sense_webhook_requests_total{event="messagesupsert",outcome="stored"}')
+        )
+        assert float(line.split()[-1]) == 30.0
+        assert 'sense_tenant_messages_total{tenant="m"} 30.0' in text
