@@ -91,20 +91,27 @@ class Services:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def replay_for(self, instances: list[Instance]) -> None:
-        """Replay quarantine for newly registered instances, once the batch in flight (which
-        may still have quarantined them under the old map) is committed."""
+    async def replay_for(self, instances: list[Instance] | None) -> None:
+        """Replay quarantine for newly registered instances (None: for every registered one,
+        as at start-up), once the batch in flight — which may still have quarantined them
+        under the old map — is committed."""
         with contextlib.suppress(Exception):
             await self.batcher.submit(Ops())
+        targets: list[tuple[str | None, str | None]] = (
+            [(None, None)] if instances is None else [(str(i.source_id), i.name) for i in instances]
+        )
         async with self.pool.acquire() as conn:
-            for inst in instances:
+            for source, name in targets:
                 try:
-                    result = await admin.replay_quarantine(conn, str(inst.source_id), inst.name)
+                    result = await admin.replay_quarantine(conn, source, name)
                 except Exception:
-                    log.exception("replay for %s failed", inst.name)
+                    log.exception("replay of quarantine failed", extra={"instance": name})
                     continue
                 if result.replayed:
-                    log.info("replayed %d quarantined events for %s", result.replayed, inst.name)
+                    log.info(
+                        "replayed quarantined events",
+                        extra={"instance": name or "*", "replayed": result.replayed},
+                    )
                     self.batcher.run_hooks(result.committed)
 
 
@@ -285,6 +292,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # enrichment seam: post-commit hooks go into batcher.hooks here
         # stream seam: start the live stream (publisher hook + relay) here
         batcher.start()
+        # instances registered while no server ran: their quarantined events go home now
+        services.spawn(services.replay_for(None))
         services.ready = True
         try:
             yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import httpx
@@ -402,3 +403,31 @@ async def test_groups_object_or_array(deployment: Deployment, conn: asyncpg.Conn
     ]
     body = {"event": "groups.upsert", "instance": "acme-main", "data": "nope"}
     assert (await deployment.post(body)).status_code == 400
+
+
+async def test_start_up_replays_what_was_registered_meanwhile(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    # No server runs: an event sits in quarantine, then its instance is registered.
+    from service import admin
+
+    tenant = await admin.create_tenant(conn, "acme")
+    source = await admin.create_source(conn, "evo")
+    body = msgspec.json.encode(upsert("offline-reg", "S1", "esperando"))
+    await conn.execute(
+        "INSERT INTO quarantine (source_id, instance_name, event, reason, body) "
+        "VALUES ($1, 'offline-reg', 'messages.upsert', 'unknown instance', $2)",
+        uuid.UUID(source.id),
+        body,
+    )
+    await admin.add_instance(conn, tenant.name, source.name, "offline-reg")
+    assert await conn.fetchval("SELECT count(*) FROM quarantine") == 1
+    settings = load_settings({}, database_url=database_url, admin_token="x")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        for _ in range(100):
+            if await conn.fetchval("SELECT count(*) FROM quarantine") == 0:
+                break
+            await asyncio.sleep(0.05)
+    assert await conn.fetchval("SELECT count(*) FROM quarantine") == 0
+    assert await conn.fetchval("SELECT text FROM messages WHERE message_id = 'S1'") == "esperando"
