@@ -1,6 +1,9 @@
 //! Thin PyO3 shims: convert types, call `jid`, convert back.
 
+use std::borrow::Cow;
+
 use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString};
 
 use crate::jid::{self, KeyFields};
 
@@ -10,11 +13,25 @@ fn normalize_jid(jid: Option<&str>) -> Option<String> {
     jid.and_then(jid::normalize_jid)
 }
 
+/// The batch form: one call for a list. A JID that is canonical already comes back as the
+/// same Python string object (no copy).
 #[pyfunction]
-fn normalize_jids(jids: Vec<Option<String>>) -> Vec<Option<String>> {
-    jids.iter()
-        .map(|j| j.as_deref().and_then(jid::normalize_jid))
-        .collect()
+fn normalize_jids<'py>(py: Python<'py>, jids: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
+    let mut out: Vec<Bound<'py, PyAny>> = Vec::with_capacity(jids.len());
+    for item in jids.iter() {
+        if item.is_none() {
+            out.push(item);
+            continue;
+        }
+        let text = item.cast::<PyString>()?.to_str()?;
+        let normalized = match jid::normalize(text) {
+            None => py.None().into_bound(py),
+            Some(Cow::Borrowed(same)) if same.len() == text.len() => item.clone(),
+            Some(other) => PyString::new(py, &other).into_any(),
+        };
+        out.push(normalized);
+    }
+    PyList::new(py, out)
 }
 
 #[pyfunction]

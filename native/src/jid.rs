@@ -1,6 +1,8 @@
 //! WhatsApp JIDs as Evolution / Baileys deliver them (webhook doc §7): canonical form, kind,
 //! phone digits, the equivalence key of one person's numbers, and the robust chat/sender rule.
 
+use std::borrow::Cow;
+
 /// What a JID names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -49,46 +51,69 @@ fn strip_agent(user: &str) -> &str {
     }
 }
 
-/// The canonical form of a JID, or None when there is nothing to name.
-pub fn normalize_jid(jid: &str) -> Option<String> {
+/// The canonical form of a JID, or None when there is nothing to name. Borrows from the
+/// input when it is canonical already (the common case), so the hot path allocates nothing.
+pub fn normalize(jid: &str) -> Option<Cow<'_, str>> {
     // ASCII only: JIDs are ASCII, and this keeps the result independent of Unicode tables.
     let trimmed = jid.trim_matches(WHITESPACE);
     if trimmed.is_empty() {
         return None;
     }
-    let lower = trimmed.to_ascii_lowercase();
-    let Some(at) = lower.find('@') else {
+    let Some(at) = trimmed.find('@') else {
         // A bare number: keep it only when it is one.
-        let digits: String = lower
+        let digits: String = trimmed
             .chars()
             .filter(|c| !matches!(c, '+' | '(' | ')' | '-' | '.' | ' '))
             .collect();
         if is_digits(&digits) && (5..=20).contains(&digits.len()) {
-            return Some(digits + "@s.whatsapp.net");
+            return Some(Cow::Owned(digits + "@s.whatsapp.net"));
         }
         return None;
     };
-    let (user, server) = (&lower[..at], &lower[at + 1..]);
-    if user.is_empty() {
+    let (user_raw, server_raw) = (&trimmed[..at], &trimmed[at + 1..]);
+    if user_raw.is_empty() {
         return None;
     }
-    let server = if server == "c.us" {
+    let server_lower = lower(server_raw);
+    let server: &str = if server_lower == "c.us" {
         "s.whatsapp.net"
     } else {
-        server
+        &server_lower
     };
-    let mut user = strip_device(user);
+    let mut user = strip_device(user_raw);
     if matches!(server, "s.whatsapp.net" | "lid" | "hosted" | "hosted.lid") {
         user = strip_agent(user);
     }
     if user.is_empty() {
         return None;
     }
+    let user = lower(user);
+    if let (Cow::Borrowed(u), true) = (
+        &user,
+        server.len() == server_raw.len() && server == server_raw,
+    ) {
+        if u.len() == user_raw.len() {
+            return Some(Cow::Borrowed(trimmed));
+        }
+    }
     let mut out = String::with_capacity(user.len() + 1 + server.len());
-    out.push_str(user);
+    out.push_str(&user);
     out.push('@');
     out.push_str(server);
-    Some(out)
+    Some(Cow::Owned(out))
+}
+
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// The canonical form of a JID, owned.
+pub fn normalize_jid(jid: &str) -> Option<String> {
+    normalize(jid).map(Cow::into_owned)
 }
 
 /// The kind of an already canonical JID.
@@ -111,7 +136,7 @@ pub fn kind_of_canonical(jid: &str) -> Kind {
 }
 
 pub fn jid_kind(jid: &str) -> Kind {
-    normalize_jid(jid).map_or(Kind::Unknown, |j| kind_of_canonical(&j))
+    normalize(jid).map_or(Kind::Unknown, |j| kind_of_canonical(&j))
 }
 
 fn digits_of_canonical(jid: &str) -> Option<&str> {
@@ -123,7 +148,7 @@ fn digits_of_canonical(jid: &str) -> Option<&str> {
 }
 
 pub fn phone_digits(jid: &str) -> Option<String> {
-    let canonical = normalize_jid(jid)?;
+    let canonical = normalize(jid)?;
     digits_of_canonical(&canonical).map(str::to_owned)
 }
 
@@ -176,8 +201,9 @@ fn norm(value: Option<&str>) -> Option<String> {
 fn first_of(kind: Kind, candidates: &[Option<&str>]) -> Option<String> {
     candidates
         .iter()
-        .filter_map(|c| norm(*c))
+        .filter_map(|c| c.and_then(normalize))
         .find(|j| kind_of_canonical(j) == kind)
+        .map(Cow::into_owned)
 }
 
 /// The robust rule of §7: phone when anything in the key tells it, else the LID.
