@@ -110,7 +110,7 @@ class MessageOp:
             self.edited_text,
             self.edit_ts,
             self.deleted,
-            msgspec.json.encode(self.reactions or {}).decode(),
+            msgspec.json.encode(self.reactions).decode() if self.reactions else "{}",
         )
 
 
