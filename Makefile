@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml native/Cargo.toml Cargo.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
 	$(BIN)/pip install -q -e '.[dev]'
+	# the dashboard's browser test drives Debian's Chromium (browsers are not downloadable here)
+	command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	touch $(STAMP)
 
 setup: $(STAMP) native ## create .venv and install everything (Python deps and the Rust crate)

@@ -183,6 +183,10 @@ async def list_messages(request: Request) -> Response:
     if tenant is None:
         return _unauthorized()
     params = request.query_params
+    if params.get("after"):  # stream seam: live clients catching up, oldest first
+        from service.stream import messages_after
+
+        return await messages_after(request, tenant)
     try:
         limit = _int_param(request, "limit", 50, 1, 500)
         before = decode_cursor(params["before"]) if params.get("before") else None

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import admin, api, db, logs, metrics, openapi, webhook
+from service import admin, api, db, logs, metrics, openapi, search, stream, webhook
 from service.events import EVENTS, IGNORED, KEPT_AS_EVENTS, Ops
 from service.http import JSON, error
 from service.ingest import Batcher, Committed, Writer
@@ -291,6 +291,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await registry.start(dsn, pool, settings.registry_refresh_seconds)
         # enrichment seam: post-commit hooks go into batcher.hooks here
         # stream seam: start the live stream (publisher hook + relay) here
+        live = await stream.start(settings, pool, registry)
+        app.state.live = live
+        # first hook: a message's "created" frame is queued before its enrichment is
+        batcher.hooks.insert(0, live.publish)
         batcher.start()
         # instances registered while no server ran: their quarantined events go home now
         services.spawn(services.replay_for(None))
@@ -302,13 +306,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await batcher.close()
             # enrichment seam: stop what was started above
             # stream seam: stop the live stream here
+            await live.stop()
             await registry.stop()
             for task in list(services._tasks):
                 task.cancel()
             await pool.close()
             metrics.mark_process_dead(os.getpid())
 
-    all_routes = routes()  # stream seam: add the WebSocket, search and dashboard routes here
+    # stream seam: add the WebSocket, search and dashboard routes here
+    all_routes = routes() + search.routes() + stream.routes()
     if settings.bench_routes:
         from service import baseline
 

@@ -1,0 +1,205 @@
+"""``GET /api/v1/search?q=&mode=text|semantic&limit=&instance=&chat=`` for one tenant.
+
+- ``text``: Postgres full-text search with the ``sense_pt`` configuration (Portuguese stemming,
+  accents folded) over the message's current text, ranked by ``ts_rank_cd``; the query syntax is
+  ``websearch_to_tsquery``'s (``"exact phrase"``, ``or``, ``-word``). Needs nothing but Postgres.
+- ``semantic``: cosine similarity between the query's embedding and the messages' embeddings
+  (pgvector HNSW). The web process never loads a model: it asks the enrichment worker over Redis
+  (``LPUSH sense:query-embed`` a request, ``BLPOP`` its own reply key) and answers 503 when no
+  worker replies within ``QueryEmbedder.timeout``. The worker side is
+  ``workers.query_embed.serve_query_embeddings``.
+
+Answer: ``{"mode", "query", "items": [{"score", "highlight", "message"}]}``; ``score`` is
+``ts_rank_cd`` (text) or cosine similarity in [-1, 1] (semantic); ``highlight`` (text mode) is the
+best fragment with each match between U+0002 and U+0003, never HTML.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service import api, db
+from service.http import JSON, error
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from service.app import Services
+
+log = logging.getLogger("sense.search")
+
+# The query-embedding protocol, shared with workers/query_embed.py.
+EMBED_QUEUE = "sense:query-embed"
+EMBED_DIMENSIONS = 384
+EMBED_QUEUE_TTL = 60  # seconds: with no worker for this long, waiting requests just expire
+MAX_QUERY_CHARS = 500
+
+
+def reply_key(request_id: str) -> str:
+    return f"{EMBED_QUEUE}:reply:{request_id}"
+
+
+class EmbedRequest(msgspec.Struct):
+    id: str
+    text: str
+    deadline: float  # unix time; the worker skips requests nobody waits for any more
+
+
+class EmbedReply(msgspec.Struct):
+    vector: list[float] | None = None
+    error: str | None = None
+
+
+class EmbeddingUnavailable(Exception):
+    """No worker embedded the query in time (answer 503)."""
+
+
+class QueryEmbedder:
+    """Asks a worker for a query's embedding; remembers the last few answers."""
+
+    def __init__(self, redis: aioredis.Redis | None, timeout: float = 2.0, cache_size: int = 512):
+        self.redis = redis
+        self.timeout = timeout
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._reply = msgspec.json.Decoder(EmbedReply)
+
+    async def embed(self, text: str) -> list[float]:
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            return cached
+        if self.redis is None:
+            raise EmbeddingUnavailable("semantic search needs Redis (SENSE_REDIS_URL) and a worker")
+        request_id = uuid.uuid4().hex
+        request = EmbedRequest(request_id, text, time.time() + self.timeout)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.lpush(EMBED_QUEUE, msgspec.json.encode(request))
+                pipe.expire(EMBED_QUEUE, EMBED_QUEUE_TTL)
+                await pipe.execute()
+            got = await self.redis.blpop([reply_key(request_id)], timeout=self.timeout)
+        except (RedisError, OSError) as exc:
+            raise EmbeddingUnavailable(f"Redis unavailable ({exc.__class__.__name__})") from exc
+        if got is None:
+            raise EmbeddingUnavailable(
+                f"no enrichment worker embedded the query within {self.timeout:g} s"
+            )
+        reply = self._reply.decode(got[1])
+        if reply.vector is None:
+            raise EmbeddingUnavailable(f"the worker could not embed the query: {reply.error}")
+        if len(reply.vector) != EMBED_DIMENSIONS:
+            raise EmbeddingUnavailable(
+                f"the worker answered {len(reply.vector)} dimensions, not {EMBED_DIMENSIONS}"
+            )
+        self._cache[text] = reply.vector
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return reply.vector
+
+
+class Hit(msgspec.Struct):
+    score: float
+    highlight: str | None
+    message: api.Message
+
+
+class Results(msgspec.Struct):
+    mode: str
+    query: str
+    items: list[Hit]
+
+
+def vector_literal(vector: list[float]) -> str:
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+def embedder(request: Request) -> QueryEmbedder:
+    state = request.app.state
+    found: QueryEmbedder | None = getattr(state, "query_embedder", None)
+    if found is None:
+        live = getattr(state, "live", None)
+        found = QueryEmbedder(live.redis if live is not None else None)
+        state.query_embedder = found
+    return found
+
+
+async def search(request: Request) -> Response:
+    services: Services = request.app.state.services
+    tenant = api._tenant(request)
+    if tenant is None:
+        return api._unauthorized()
+    params = request.query_params
+    query = (params.get("q") or "").strip()
+    mode = params.get("mode") or "text"
+    if mode not in ("text", "semantic"):
+        return error(400, "invalid_parameter", "mode must be text or semantic")
+    if not query:
+        return error(400, "invalid_parameter", "q is required")
+    if len(query) > MAX_QUERY_CHARS:
+        return error(400, "invalid_parameter", f"q is longer than {MAX_QUERY_CHARS} characters")
+    try:
+        limit = api._int_param(request, "limit", 20, 1, 100)
+    except ValueError as exc:
+        return error(400, "invalid_parameter", str(exc))
+    instance_id = None
+    if params.get("instance"):
+        inst = services.registry.tenant_instance(tenant.tenant_id, params["instance"])
+        if inst is None:
+            return error(404, "not_found", f"no instance {params['instance']!r}")
+        instance_id = inst.instance_id
+    chat = params.get("chat") or None
+    if mode == "text":
+        rows = await services.pool.fetch(
+            db.q("search_text"), tenant.tenant_id, query, instance_id, chat, limit
+        )
+        scored = [(float(r["score"]), r["highlight"], r) for r in rows]
+    else:
+        try:
+            vector = await embedder(request).embed(query)
+        except EmbeddingUnavailable as exc:
+            return error(
+                503,
+                "embedding_unavailable",
+                f"semantic search is unavailable: {exc}; text search (mode=text) still works",
+                {"Retry-After": "5"},
+            )
+        rows = await semantic_rows(services, tenant.tenant_id, vector, instance_id, chat, limit)
+        scored = [(1.0 - float(r["distance"]), None, r) for r in rows]
+    names = services.instance_names(tenant.tenant_id)
+    items = [
+        Hit(round(score, 6), highlight, api.message_from_row(r, names.get(r["instance_id"], "?")))
+        for score, highlight, r in scored
+    ]
+    return JSON(Results(mode, query, items))
+
+
+async def semantic_rows(
+    services: Services,
+    tenant_id: uuid.UUID,
+    vector: list[float],
+    instance_id: uuid.UUID | None,
+    chat: str | None,
+    limit: int,
+) -> list[Any]:
+    async with services.pool.acquire() as conn, conn.transaction():
+        # Keep scanning the HNSW graph until `limit` rows of this tenant pass the filter.
+        await conn.execute(db.q("search_semantic_settings"))
+        rows: list[Any] = await conn.fetch(
+            db.q("search_semantic"), tenant_id, vector_literal(vector), instance_id, chat, limit
+        )
+        return rows
+
+
+def routes() -> list[Route]:
+    return [Route("/api/v1/search", search, methods=["GET"])]

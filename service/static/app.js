@@ -1,0 +1,508 @@
+// sense dashboard: plain JS, no build step. Talks to the read API and WS /api/v1/stream
+// (frames documented in service/stream.py and the README's "Live stream" section).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "sense.token";
+const RECENT_CURSORS = 64; // resume from the smallest of these (frames may arrive a bit out of order)
+
+const state = {
+  token: null,
+  tenant: null,
+  instances: new Map(), // name -> instance resource
+  chats: new Map(), // "instance|chat_jid" -> chat
+  messages: new Map(), // "instance/message_id" -> message resource
+  pendingAnalysis: new Map(), // analysed before its "created" frame arrived
+  view: null, // null = all conversations, else {instance, chat}
+  ws: null,
+  wsAttempt: 0,
+  readyCursor: null,
+  cursors: [],
+  connectedOnce: false,
+  searchSeq: 0,
+};
+
+// --- DOM helpers (data only ever goes in as text, never as HTML) -------------------------------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const keyOf = (m) => `${m.instance}/${m.message_id}`;
+const chatKey = (instance, jid) => `${instance}|${jid}`;
+
+function fmtTime(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  const today = new Date();
+  const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return d.toDateString() === today.toDateString()
+    ? time
+    : `${d.toLocaleDateString([], { day: "2-digit", month: "short" })} ${time}`;
+}
+
+function phoneOf(jid) {
+  if (!jid) return "";
+  const user = jid.split("@")[0];
+  return /^\d+$/.test(user) ? `+${user}` : user;
+}
+
+const TYPE_LABEL = {
+  image: "📷 Photo", video: "🎬 Video", audio: "🎤 Audio", document: "📄 Document",
+  sticker: "Sticker", location: "📍 Location", contact: "👤 Contact", poll: "📊 Poll",
+  reaction: "Reaction", other: "Message",
+};
+
+// --- API ------------------------------------------------------------------------------------------
+
+async function api(path, params) {
+  const url = new URL(path, location.origin);
+  for (const [k, v] of Object.entries(params || {})) if (v !== null && v !== undefined) url.searchParams.set(k, v);
+  const r = await fetch(url, { headers: { Authorization: `Bearer ${state.token}` } });
+  if (r.status === 401) {
+    logout("That token was not accepted.");
+    throw new Error("unauthorized");
+  }
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw Object.assign(new Error(body.detail || `HTTP ${r.status}`), { status: r.status });
+  return body;
+}
+
+// --- login -------------------------------------------------------------------------------------
+
+async function login(token) {
+  state.token = token;
+  const r = await fetch("/api/v1/instances", { headers: { Authorization: `Bearer ${token}` } });
+  if (r.status === 401) throw new Error("That token was not accepted.");
+  if (!r.ok) throw new Error(`The server answered ${r.status}.`);
+  localStorage.setItem(TOKEN_KEY, token);
+  $("login").hidden = true;
+  $("app").hidden = false;
+  setInstances((await r.json()).items);
+  await Promise.all([loadChats(), loadMessages()]);
+  connect();
+}
+
+function logout(message) {
+  localStorage.removeItem(TOKEN_KEY);
+  state.token = null;
+  if (state.ws) { state.ws.onclose = null; state.ws.close(); state.ws = null; }
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("token").value = "";
+  $("token").focus();
+}
+
+// --- instances -----------------------------------------------------------------------------------
+
+const STATE_LABEL = { open: "connected", connecting: "pairing", close: "disconnected" };
+
+function setInstances(items) {
+  state.instances = new Map(items.map((i) => [i.name, i]));
+  renderInstances();
+}
+
+function renderInstances() {
+  const list = $("instances");
+  list.replaceChildren();
+  if (!state.instances.size) list.append(h("li", { class: "muted" }, "No instances yet."));
+  for (const inst of [...state.instances.values()].sort((a, b) => a.name.localeCompare(b.name))) {
+    const qr = inst.qrcode && inst.state !== "open" ? inst.qrcode : null;
+    list.append(
+      h("li", { class: "instance", "data-instance": inst.name },
+        h("div", { class: "row" },
+          h("span", { class: "name" }, inst.name),
+          h("span", { class: "state", "data-state": inst.state || "unknown" },
+            STATE_LABEL[inst.state] || inst.state || "unknown")),
+        inst.profile_name || inst.owner_jid
+          ? h("div", { class: "owner muted" }, inst.profile_name || "", " ", phoneOf(inst.owner_jid))
+          : null,
+        qr
+          ? h("div", { class: "qr" },
+              qr.base64 ? h("img", { src: qr.base64, alt: `QR code to pair ${inst.name}` }) : null,
+              qr.pairing_code ? h("div", { class: "pairing" }, qr.pairing_code) : null,
+              h("div", { class: "muted" }, "Scan with WhatsApp › Linked devices"))
+          : null));
+  }
+}
+
+// --- chats ---------------------------------------------------------------------------------------
+
+async function loadChats() {
+  const body = await api("/api/v1/chats", { limit: 200 });
+  state.chats = new Map(body.items.map((c) => [chatKey(c.instance, c.chat_jid), c]));
+  renderChats();
+}
+
+function chatTitle(c) {
+  const last = c.last_message;
+  return c.name || (last && !last.from_me && last.push_name) || phoneOf(c.chat_jid);
+}
+
+function renderChats() {
+  const list = $("chats");
+  list.replaceChildren();
+  const all = h("li", { class: "chat", "aria-current": String(state.view === null), onclick: () => openView(null) },
+    h("span", { class: "title" }, "All conversations"), h("span"),
+    h("span", { class: "preview" }, `${state.chats.size} chats`));
+  list.append(all);
+  const sorted = [...state.chats.values()].sort((a, b) =>
+    (b.last_message_at || "").localeCompare(a.last_message_at || ""));
+  for (const c of sorted) {
+    const last = c.last_message;
+    const current = state.view && state.view.instance === c.instance && state.view.chat === c.chat_jid;
+    const sat = c.satisfaction;
+    list.append(
+      h("li", { class: "chat", "aria-current": String(Boolean(current)), "data-chat": c.chat_jid,
+                onclick: () => openView({ instance: c.instance, chat: c.chat_jid }) },
+        h("span", { class: "title" }, chatTitle(c)),
+        h("span", { class: "when" }, fmtTime(c.last_message_at)),
+        h("span", { class: "preview" }, last ? (last.deleted ? "message deleted" : last.text || TYPE_LABEL[last.type] || "") : ""),
+        sat !== null && sat !== undefined
+          ? h("span", { class: "score badge", "data-tone": tone(null, sat) }, `${Math.round(sat)}`)
+          : h("span")));
+  }
+}
+
+function touchChat(m) {
+  if (!m.chat_jid) return;
+  const key = chatKey(m.instance, m.chat_jid);
+  const c = state.chats.get(key) || {
+    instance: m.instance, chat_jid: m.chat_jid, chat_type: m.chat_type, name: null, unread: null,
+    last_message_at: null, last_message: null, sentiment: null, satisfaction: null, analyzed_messages: 0,
+  };
+  if (!c.last_message_at || (m.timestamp || "") >= c.last_message_at) {
+    c.last_message_at = m.timestamp;
+    c.last_message = m;
+  }
+  state.chats.set(key, c);
+}
+
+// --- messages ------------------------------------------------------------------------------------
+
+function inView(m) {
+  return state.view === null || (state.view.instance === m.instance && state.view.chat === m.chat_jid);
+}
+
+async function loadMessages() {
+  const params = { limit: 100 };
+  if (state.view) Object.assign(params, { instance: state.view.instance, chat: state.view.chat });
+  const body = await api("/api/v1/messages", params);
+  for (const m of body.items) remember(m);
+  renderMessages(body.items.slice().reverse());
+}
+
+function remember(m) {
+  const key = keyOf(m);
+  const pending = state.pendingAnalysis.get(key);
+  if (pending && m.analysis.state === "pending") m.analysis = pending;
+  state.pendingAnalysis.delete(key);
+  state.messages.set(key, m);
+  return m;
+}
+
+function renderMessages(items) {
+  const list = $("messages");
+  list.replaceChildren(...items.map((m) => messageItem(m)));
+  if (!items.length) list.append(h("li", { class: "empty" }, "No messages yet. They appear here as they arrive."));
+  list.scrollTop = list.scrollHeight;
+  renderTrend();
+}
+
+function tone(sentiment, satisfaction) {
+  const s = sentiment !== null && sentiment !== undefined ? sentiment : satisfaction !== null && satisfaction !== undefined ? (satisfaction - 50) / 50 : 0;
+  return s > 0.2 ? "pos" : s < -0.2 ? "neg" : "neu";
+}
+
+function analysisBadges(a) {
+  if (!a || a.analyzable === false) return [];
+  if (a.state === "pending") return [h("span", { class: "badge", "data-state": "pending" }, "analysing…")];
+  if (a.state === "failed") return [h("span", { class: "badge", "data-state": "failed", title: a.error || "" }, "no analysis")];
+  const label = a.emotion || (a.sentiment > 0.2 ? "positive" : a.sentiment < -0.2 ? "negative" : "neutral");
+  const out = [h("span", { class: "badge", "data-state": "done", "data-tone": tone(a.sentiment, a.satisfaction),
+                           title: `sentiment ${a.sentiment ?? "–"}` }, label)];
+  if (a.satisfaction !== null && a.satisfaction !== undefined) {
+    out.push(h("span", { class: "badge sat", "data-tone": tone(null, a.satisfaction), title: "satisfaction" }, `☺ ${a.satisfaction}`));
+  }
+  return out;
+}
+
+const STATUS_MARK = { pending: "🕓", server_ack: "✓", delivered: "✓✓", read: "✓✓ read", played: "✓✓ played", error: "⚠" };
+
+function bodyOf(m, highlight) {
+  if (m.deleted) return h("div", { class: "body deleted" }, "This message was deleted");
+  if (highlight) {
+    // matches come between U+0002 and U+0003 (search.py); everything stays text
+    const parts = [];
+    highlight.split("\u0002").forEach((chunk, i) => {
+      if (i === 0) { parts.push(chunk); return; }
+      const [hit, rest] = chunk.split("\u0003");
+      parts.push(h("mark", {}, hit), rest || "");
+    });
+    return h("div", { class: "body" }, parts);
+  }
+  return h("div", { class: "body" }, m.text ?? TYPE_LABEL[m.type] ?? "Message");
+}
+
+function messageItem(m, extra) {
+  const who = m.from_me ? "You" : m.push_name || phoneOf(m.sender_jid);
+  const chat = state.chats.get(chatKey(m.instance, m.chat_jid));
+  const reactions = (m.reactions || []).map((r) => r.emoji).join("");
+  return h("li", { class: `message${m.from_me ? " mine" : ""}`, "data-id": keyOf(m), onclick: extra && extra.onclick },
+    h("div", { class: "meta" },
+      h("span", { class: "who" }, who),
+      state.view === null || extra ? h("span", { class: "chatname" }, chat ? chatTitle(chat) : phoneOf(m.chat_jid)) : null,
+      h("span", {}, fmtTime(m.timestamp)),
+      m.edited ? h("span", {}, "edited") : null),
+    bodyOf(m, extra && extra.highlight),
+    h("div", { class: "foot" },
+      analysisBadges(m.analysis),
+      reactions ? h("span", { class: "reactions" }, reactions) : null,
+      m.from_me && m.status ? h("span", { class: "status" }, STATUS_MARK[m.status] || m.status) : null,
+      extra && extra.score !== undefined ? h("span", { class: "score" }, extra.score) : null));
+}
+
+function upsertMessageView(m, isNew) {
+  const list = $("messages");
+  const old = list.querySelector(`[data-id="${CSS.escape(keyOf(m))}"]`);
+  if (old) { old.replaceWith(messageItem(m)); return; }
+  if (!isNew || !inView(m)) return;
+  const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 120;
+  list.querySelector(".empty")?.remove();
+  list.append(messageItem(m));
+  if (nearBottom) list.scrollTop = list.scrollHeight;
+}
+
+async function openView(view) {
+  state.view = view;
+  closeResults();
+  if (view) {
+    const c = state.chats.get(chatKey(view.instance, view.chat));
+    $("chat-title").textContent = c ? chatTitle(c) : phoneOf(view.chat);
+    $("chat-sub").textContent = `${phoneOf(view.chat)} · ${view.instance}`;
+  } else {
+    $("chat-title").textContent = "All conversations";
+    $("chat-sub").textContent = "Live, newest at the bottom";
+  }
+  $("app").classList.toggle("show-chat", view !== null);
+  renderChats();
+  await loadMessages();
+}
+
+// --- satisfaction trend ------------------------------------------------------------------------
+
+function renderTrend() {
+  const points = [...state.messages.values()]
+    .filter((m) => inView(m) && m.analysis && m.analysis.state === "done" && m.analysis.satisfaction !== null && m.analysis.satisfaction !== undefined)
+    .sort((a, b) => (a.timestamp || "").localeCompare(b.timestamp || ""))
+    .slice(-30)
+    .map((m) => m.analysis.satisfaction);
+  const fig = $("trend");
+  fig.hidden = points.length === 0;
+  if (!points.length) return;
+  const avg = Math.round(points.reduce((a, b) => a + b, 0) / points.length);
+  $("trend-value").textContent = `${avg}`;
+  const n = points.length;
+  const xy = points.map((v, i) => [n === 1 ? 60 : (i * 120) / (n - 1), 30 - (v / 100) * 28]);
+  const svg = $("trend-svg");
+  const ns = "http://www.w3.org/2000/svg";
+  const base = document.createElementNS(ns, "line");
+  Object.entries({ x1: 0, x2: 120, y1: 16, y2: 16, class: "baseline" }).forEach(([k, v]) => base.setAttribute(k, v));
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", xy.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "));
+  const dot = document.createElementNS(ns, "circle");
+  const [lx, ly] = xy[n - 1];
+  Object.entries({ cx: lx, cy: ly, r: 2.5 }).forEach(([k, v]) => dot.setAttribute(k, v));
+  svg.replaceChildren(base, line, dot);
+  fig.title = `average satisfaction of the last ${n} analysed messages`;
+}
+
+// --- search ----------------------------------------------------------------------------------------
+
+async function search(q, mode) {
+  const seq = ++state.searchSeq;
+  $("results").hidden = false;
+  $("messages").hidden = true;
+  $("app").classList.add("show-chat");
+  $("results-title").textContent = `Searching for “${q}”…`;
+  $("results-list").replaceChildren();
+  let body;
+  try {
+    body = await api("/api/v1/search", { q, mode, limit: 30 });
+  } catch (err) {
+    if (seq === state.searchSeq) $("results-title").textContent = err.status === 503
+      ? "Search by meaning is unavailable right now (no worker answered). Try Words."
+      : `Search failed: ${err.message}`;
+    return;
+  }
+  if (seq !== state.searchSeq) return;
+  const n = body.items.length;
+  $("results-title").textContent = `${n} result${n === 1 ? "" : "s"} for “${q}” (${mode === "text" ? "words" : "meaning"})`;
+  $("results-list").replaceChildren(...body.items.map((hit) =>
+    messageItem(hit.message, {
+      highlight: hit.highlight,
+      score: mode === "semantic" ? `${Math.round(hit.score * 100)}% similar` : undefined,
+      onclick: () => openView({ instance: hit.message.instance, chat: hit.message.chat_jid }),
+    })));
+  if (!n) $("results-list").append(h("li", { class: "empty" }, "Nothing found."));
+}
+
+function closeResults() {
+  $("results").hidden = true;
+  $("messages").hidden = false;
+  if (state.view === null) $("app").classList.remove("show-chat");
+}
+
+// --- live stream -----------------------------------------------------------------------------------
+
+function setLive(s, label) {
+  const el = $("live");
+  el.dataset.state = s;
+  el.textContent = label;
+}
+
+function connect() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${proto}//${location.host}/api/v1/stream`);
+  state.ws = ws;
+  setLive("connecting", state.connectedOnce ? "reconnecting" : "connecting");
+  ws.onopen = () => ws.send(JSON.stringify({ token: state.token }));
+  ws.onmessage = (ev) => onFrame(JSON.parse(ev.data));
+  ws.onclose = (ev) => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    if (ev.code === 4401) { logout("That token was not accepted."); return; }
+    setLive("offline", "offline");
+    const delay = Math.min(10000, 500 * 2 ** state.wsAttempt++) * (0.75 + Math.random() / 2);
+    setTimeout(() => { if (state.token) connect(); }, delay);
+  };
+}
+
+function resumeCursor() {
+  // The smallest recent cursor: at-least-once catch-up, duplicates are merged by message key.
+  const candidates = state.cursors.length >= RECENT_CURSORS ? state.cursors : [state.readyCursor, ...state.cursors];
+  let best = null;
+  for (const c of candidates) if (c && (best === null || cmpCursor(c, best) < 0)) best = c;
+  return best;
+}
+
+function cmpCursor(a, b) {
+  const [ax, as] = a.slice(1).split(".").map(BigInt);
+  const [bx, bs] = b.slice(1).split(".").map(BigInt);
+  return ax === bx ? (as < bs ? -1 : as > bs ? 1 : 0) : ax < bx ? -1 : 1;
+}
+
+async function catchUp() {
+  let after = resumeCursor();
+  if (!after) return;
+  for (let page = 0; page < 20 && after; page++) {
+    const body = await api("/api/v1/messages", { after, limit: 500 });
+    for (const m of body.items) onCreated(m, null);
+    if (body.items.length < 500) break;
+    after = body.next;
+  }
+  // missed updates and analyses: refresh what is on screen
+  const [inst] = await Promise.all([api("/api/v1/instances"), loadChats()]);
+  setInstances(inst.items);
+  await loadMessages();
+}
+
+function onCreated(m, cursor) {
+  const isNew = !state.messages.has(keyOf(m));
+  remember(m);
+  if (cursor) {
+    state.cursors.push(cursor);
+    if (state.cursors.length > RECENT_CURSORS) state.cursors.shift();
+  }
+  touchChat(m);
+  upsertMessageView(m, isNew);
+  renderChats();
+  renderTrend();
+}
+
+function onFrame(f) {
+  switch (f.type) {
+    case "ready": {
+      const resumed = state.connectedOnce;
+      state.connectedOnce = true;
+      state.wsAttempt = 0;
+      setLive("live", "live");
+      if (resumed) catchUp().catch(() => {});
+      state.readyCursor = f.cursor;
+      state.cursors = [];
+      if (f.tenant) $("tenant-name").textContent = f.tenant;
+      break;
+    }
+    case "message.created":
+      onCreated(f.message, f.cursor);
+      break;
+    case "message.updated":
+      remember(f.message);
+      touchChat(f.message);
+      upsertMessageView(f.message, false);
+      renderChats();
+      break;
+    case "message.analyzed": {
+      const key = `${f.instance}/${f.message_id}`;
+      const m = state.messages.get(key);
+      if (!m) { state.pendingAnalysis.set(key, f.analysis); break; }
+      m.analysis = f.analysis;
+      upsertMessageView(m, false);
+      renderTrend();
+      break;
+    }
+    case "instance.state":
+    case "instance.qrcode":
+      state.instances.set(f.instance.name, f.instance);
+      renderInstances();
+      break;
+    case "resync":
+      catchUp().catch(() => {});
+      break;
+    default:
+      break; // heartbeat, pong, and types added later
+  }
+}
+
+// --- wiring --------------------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    $("login-error").textContent = "";
+    try {
+      await login($("token").value.trim());
+    } catch (err) {
+      $("login-error").textContent = err.message;
+    }
+  });
+  $("logout").addEventListener("click", () => logout(""));
+  $("back").addEventListener("click", () => { closeResults(); openView(null); });
+  $("search-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const q = $("q").value.trim();
+    if (q) search(q, $("mode").value); else closeResults();
+  });
+  $("q").addEventListener("search", () => { if (!$("q").value) closeResults(); });
+  $("results-close").addEventListener("click", () => { $("q").value = ""; closeResults(); });
+  $("chat-sub").textContent = "Live, newest at the bottom";
+  const saved = localStorage.getItem(TOKEN_KEY);
+  if (saved) {
+    login(saved).catch((err) => logout(err.message));
+  } else {
+    $("login").hidden = false;
+    $("token").focus();
+  }
+});

@@ -1,0 +1,311 @@
+"""GET /api/v1/search: Portuguese full-text and semantic search, per tenant, on real Postgres
+and Redis. The query embedding comes from workers.query_embed driven by a deterministic
+hashing ``embed`` (the real seam; only the model is stood in for)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from starlette.applications import Starlette
+
+from service import db, search
+from service.app import create_app
+from service.settings import load_settings
+from tests.integration.conftest import ADMIN, Deployment, upsert
+from workers.query_embed import serve_query_embeddings
+
+DIMS = search.EMBED_DIMENSIONS
+
+
+def fake_embed(texts: list[str]) -> list[list[float]]:
+    """Bag of words hashed into 384 signed dimensions, L2-normalised: texts that share words
+    are close, others are nearly orthogonal."""
+    out = []
+    for text in texts:
+        folded = unicodedata.normalize("NFKD", text.lower())
+        folded = "".join(c for c in folded if not unicodedata.combining(c))
+        vec = [0.0] * DIMS
+        for word in "".join(c if c.isalnum() else " " for c in folded).split():
+            digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+            index = int.from_bytes(digest[:4], "little") % DIMS
+            vec[index] += 1.0 if digest[4] & 1 else -1.0
+        norm = math.sqrt(sum(x * x for x in vec)) or 1.0
+        out.append([x / norm for x in vec])
+    return out
+
+
+@pytest.fixture
+async def app(
+    conn: asyncpg.Connection, database_url: str, redis_url: str
+) -> AsyncIterator[Starlette]:
+    settings = load_settings({}, database_url=database_url, redis_url=redis_url, admin_token=ADMIN)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+def embed_worker(redis_url: str) -> Iterator[threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=serve_query_embeddings, args=(redis_url, fake_embed, stop), daemon=True
+    )
+    thread.start()
+    yield thread
+    stop.set()
+    thread.join(5)
+
+
+async def store(d: Deployment, instance: str, message_id: str, text: str, **extra: Any) -> None:
+    r = await d.post(upsert(instance, message_id, text, **extra))
+    assert r.status_code == 200, r.text
+
+
+async def embed_stored(conn: asyncpg.Connection) -> None:
+    """What the enrichment worker does: write each message's embedding."""
+    rows = await conn.fetch("SELECT tenant_id, instance_id, message_id, text FROM messages")
+    for r, vec in zip(rows, fake_embed([r["text"] or "" for r in rows]), strict=True):
+        await conn.execute(
+            "UPDATE messages SET embedding = $4::text::vector"
+            " WHERE tenant_id = $1 AND instance_id = $2 AND message_id = $3",
+            r["tenant_id"],
+            r["instance_id"],
+            r["message_id"],
+            search.vector_literal(vec),
+        )
+
+
+async def ids(d: Deployment, tenant: str, q: str, mode: str = "text", **params: Any) -> list[str]:
+    r = await d.get("/api/v1/search", tenant, q=q, mode=mode, **params)
+    assert r.status_code == 200, r.text
+    return [hit["message"]["message_id"] for hit in r.json()["items"]]
+
+
+async def test_text_search_understands_portuguese(deployment: Deployment) -> None:
+    await store(deployment, "acme-main", "A1", "Adorei o atendimento de vocês!")
+    await store(deployment, "acme-main", "A2", "Não recebi meu pedido ainda")
+    await store(deployment, "acme-main", "A3", "Qual o horário de funcionamento?")
+    await store(deployment, "globex-main", "G1", "atendimento péssimo, não recomendo")
+    # stemming: plural and verb forms; accents folded both ways
+    assert await ids(deployment, "acme", "atendimentos") == ["A1"]
+    assert await ids(deployment, "acme", "nao recebido") == ["A2"]
+    assert await ids(deployment, "acme", "horario") == ["A3"]
+    assert await ids(deployment, "acme", '"meu pedido"') == ["A2"]
+    assert await ids(deployment, "acme", "pedido or horário") in (["A2", "A3"], ["A3", "A2"])
+    # the other tenant's matching message never shows
+    assert await ids(deployment, "globex", "atendimento") == ["G1"]
+    assert await ids(deployment, "acme", "péssimo") == []
+    body = (await deployment.get("/api/v1/search", "acme", q="atendimento")).json()
+    assert body["mode"] == "text" and body["query"] == "atendimento"
+    hit = body["items"][0]
+    assert hit["highlight"].startswith("Adorei o \x02atendimento\x03 de vocês")
+    assert hit["score"] > 0 and hit["message"]["instance"] == "acme-main"
+
+
+async def test_text_search_follows_edits_deletes_and_filters(deployment: Deployment) -> None:
+    await store(deployment, "acme-main", "E1", "texto original", key={"fromMe": True})
+    await store(deployment, "acme-main", "D1", "mensagem apagada sobre boleto")
+    await store(
+        deployment,
+        "acme-main",
+        "B1",
+        "segunda via do boleto",
+        remote="5511911112222@s.whatsapp.net",
+    )
+    edit = {
+        "event": "messages.edited",
+        "instance": "acme-main",
+        "data": {
+            "key": {"remoteJid": "5511999999999@s.whatsapp.net", "fromMe": True, "id": "E1"},
+            "type": "MESSAGE_EDIT",
+            "editedMessage": {"conversation": "texto corrigido com boleto"},
+            "timestampMs": "1700000100000",
+        },
+    }
+    delete = {
+        "event": "messages.delete",
+        "instance": "acme-main",
+        "data": {"remoteJid": "5511999999999@s.whatsapp.net", "fromMe": False, "id": "D1"},
+    }
+    for body in (edit, delete):
+        assert (await deployment.post(body)).status_code == 200
+    assert await ids(deployment, "acme", "original") == []
+    assert sorted(await ids(deployment, "acme", "boleto")) == ["B1", "E1"]
+    assert await ids(deployment, "acme", "boleto", chat="5511911112222@s.whatsapp.net") == ["B1"]
+    assert await ids(deployment, "acme", "boleto", limit=1) in (["B1"], ["E1"])
+
+
+async def test_search_answers_bad_requests_clearly(deployment: Deployment) -> None:
+    assert (await deployment.client.get("/api/v1/search", params={"q": "x"})).status_code == 401
+    for params in ({"q": ""}, {"q": "x", "mode": "fuzzy"}, {"q": "x", "limit": "0"}):
+        r = await deployment.get("/api/v1/search", "acme", **params)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_parameter", r.text
+    r = await deployment.get("/api/v1/search", "acme", q="x", instance="globex-main")
+    assert r.status_code == 404  # another tenant's instance does not exist for acme
+    # only stop words: a valid query that matches nothing
+    assert await ids(deployment, "acme", "de o a") == []
+
+
+async def test_semantic_search_ranks_by_meaning_within_the_tenant(
+    deployment: Deployment, conn: asyncpg.Connection, embed_worker: threading.Thread
+) -> None:
+    await store(deployment, "acme-main", "S1", "quero cancelar minha assinatura")
+    await store(deployment, "acme-main", "S2", "o entregador chegou atrasado")
+    await store(deployment, "acme-main", "S3", "obrigado pela ajuda")
+    await store(deployment, "globex-main", "G1", "cancelar assinatura agora")
+    await store(deployment, "acme-main", "NOEMB", "cancelar assinatura sem embedding ainda")
+    await embed_stored(conn)
+    await conn.execute("UPDATE messages SET embedding = NULL WHERE message_id = 'NOEMB'")
+    r = await deployment.get("/api/v1/search", "acme", q="cancelar a assinatura", mode="semantic")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    found = [h["message"]["message_id"] for h in body["items"]]
+    assert found[0] == "S1" and "G1" not in found and "NOEMB" not in found
+    assert sorted(found) == ["S1", "S2", "S3"]
+    scores = [h["score"] for h in body["items"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0.5
+    assert body["items"][0]["highlight"] is None
+    other = await ids(deployment, "globex", "cancelar a assinatura", mode="semantic")
+    assert other == ["G1"]
+
+
+async def test_semantic_search_without_a_worker_is_503_and_text_still_works(
+    app: Starlette, deployment: Deployment, redis_url: str
+) -> None:
+    app.state.query_embedder = search.QueryEmbedder(app.state.live.redis, timeout=0.3)
+    await store(deployment, "acme-main", "T1", "preciso de ajuda com o boleto")
+    started = time.monotonic()
+    r = await deployment.get("/api/v1/search", "acme", q="boleto", mode="semantic")
+    assert r.status_code == 503
+    assert r.headers["retry-after"]
+    assert r.json()["error"] == "embedding_unavailable"
+    assert "text search" in r.json()["detail"]
+    assert time.monotonic() - started < 2.0
+    assert await ids(deployment, "acme", "boleto") == ["T1"]
+    # the unanswered request expires instead of piling up for a worker that comes later
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert 0 < client.ttl(search.EMBED_QUEUE) <= search.EMBED_QUEUE_TTL
+    finally:
+        client.delete(search.EMBED_QUEUE)
+        client.close()
+
+
+def test_worker_loop_batches_skips_expired_and_survives_embed_errors(redis_url: str) -> None:
+    import msgspec
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.delete(search.EMBED_QUEUE)
+    calls: list[list[str]] = []
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        calls.append(texts)
+        if "boom" in texts:
+            raise RuntimeError("model exploded")
+        return fake_embed(texts)
+
+    now = time.time()
+    requests = [
+        search.EmbedRequest("r1", "um", now + 30),
+        search.EmbedRequest("r2", "dois", now + 30),
+        search.EmbedRequest("old", "velho", now - 1),
+    ]
+    for req in requests:
+        client.rpush(search.EMBED_QUEUE, msgspec.json.encode(req))
+    client.rpush(search.EMBED_QUEUE, b"not json")
+    stop = threading.Event()
+    thread = threading.Thread(target=serve_query_embeddings, args=(redis_url, embed, stop))
+    thread.start()
+    try:
+        for rid in ("r1", "r2"):
+            got = client.blpop([search.reply_key(rid)], timeout=5)
+            assert got is not None
+            reply = msgspec.json.decode(got[1], type=search.EmbedReply)
+            assert reply.vector is not None and len(reply.vector) == DIMS
+        assert calls == [["um", "dois"]]  # one batch; the expired one was skipped
+        assert client.exists(search.reply_key("old")) == 0
+        client.rpush(
+            search.EMBED_QUEUE, msgspec.json.encode(search.EmbedRequest("b", "boom", now + 30))
+        )
+        got = client.blpop([search.reply_key("b")], timeout=5)
+        assert got is not None
+        assert "model exploded" in msgspec.json.decode(got[1], type=search.EmbedReply).error
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(5)
+        client.close()
+    assert not thread.is_alive()
+
+
+# plans: with many tenants, both searches must read through an index, filtered by tenant ------
+
+
+async def _many_tenants(conn: asyncpg.Connection, sizes: list[int]) -> list[uuid.UUID]:
+    """Bulk rows straight into messages (the plan, not the ingest path, is under test)."""
+    words = ["boleto", "entrega", "pedido", "atraso", "cancelar", "ajuda", "pagamento", "troca"]
+    vectors = [search.vector_literal(v) for v in fake_embed(words)]
+    records = []
+    tenant_ids = [uuid.uuid4() for _ in sizes]
+    for t, (tenant_id, size) in enumerate(zip(tenant_ids, sizes, strict=True)):
+        instance_id = uuid.uuid4()
+        for n in range(size):
+            w = (n + t) % len(words)
+            records.append(
+                (tenant_id, instance_id, f"M{n}", True, f"sobre {words[w]} numero {n}", vectors[w])
+            )
+    await conn.execute(
+        "CREATE TEMP TABLE bulk (tenant_id uuid, instance_id uuid, message_id text,"
+        " has_content boolean, text text, embedding text)"
+    )
+    await conn.copy_records_to_table("bulk", records=records)
+    await conn.execute(
+        "INSERT INTO messages (tenant_id, instance_id, message_id, has_content, text,"
+        " message_ts, embedding) SELECT tenant_id, instance_id, message_id, has_content, text,"
+        " now(), embedding::vector FROM bulk"
+    )
+    await conn.execute("ANALYZE messages")
+    return tenant_ids
+
+
+async def _plan(conn: asyncpg.Connection, query: str, *args: Any) -> str:
+    async with conn.transaction():
+        await conn.execute(db.q("search_semantic_settings"))
+        return "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + db.q(query), *args))
+
+
+async def test_search_plans_use_an_index_and_the_tenant_filter(conn: asyncpg.Connection) -> None:
+    small, *_, big = await _many_tenants(conn, [200] * 40 + [6000])
+    for tenant_id in (small, big):
+        plan = await _plan(conn, "search_text", tenant_id, "boleto", None, None, 20)
+        print(plan)
+        assert "Seq Scan" not in plan, plan
+        assert re.search(r"Index Cond: \(+tenant_id = ", plan), plan
+    # a big tenant: the (tenant, lexemes) GIN index answers both conditions at once
+    plan = await _plan(conn, "search_text", big, "boleto", None, None, 20)
+    assert "messages_search" in plan, plan
+    vector = search.vector_literal(fake_embed(["boleto"])[0])
+    for tenant_id in (small, big):
+        plan = await _plan(conn, "search_semantic", tenant_id, vector, None, None, 20)
+        print(plan)
+        assert "Seq Scan" not in plan, plan
+        assert "Index Scan" in plan and "tenant_id = " in plan, plan
+        async with conn.transaction():
+            await conn.execute(db.q("search_semantic_settings"))
+            rows = await conn.fetch(db.q("search_semantic"), tenant_id, vector, None, None, 20)
+        # the tenant's full top-k, nearest first, never another tenant's rows
+        assert len(rows) == 20
+        assert {r["text"].split()[1] for r in rows[:5]} == {"boleto"}
