@@ -51,3 +51,5 @@ clean: ## remove build outputs and local data
 	rm -rf target .sense .pytest_cache .mypy_cache .ruff_cache .hypothesis service/*.so
 
 .PHONY: help setup native run lint rust-test pytest test fmt clean
+
+include bench/bench.mk

@@ -31,10 +31,19 @@ _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 @cache
 def queries() -> dict[str, str]:
-    """The named queries of ``sql/queries.sql`` (``-- name: x`` starts query ``x``)."""
-    text = resources.files("service").joinpath("sql/queries.sql").read_text()
-    parts = _NAME.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    """The named queries of every ``sql/*.sql`` file (``-- name: x`` starts query ``x``);
+    a name defined twice is an error."""
+    found: dict[str, str] = {}
+    folder = resources.files("service").joinpath("sql")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        parts = _NAME.split(entry.read_text())
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in found:
+                raise ValueError(f"query {name!r} is defined twice (in {entry.name})")
+            found[name] = body.strip()
+    return found
 
 
 def q(name: str) -> str:

@@ -1,0 +1,91 @@
+-- Named queries of the live stream and search (service/stream.py, service/search.py). Message
+-- rows carry the columns of api.message_from_row (never the embedding) and their commit position.
+
+-- name: stream_messages
+-- The rows a commit created or changed, in the order given; stubs (no content) are never shown.
+SELECT m.instance_id, m.message_id, m.chat_jid, m.chat_type, m.sender_jid, m.sender_phone,
+       m.from_me, m.push_name, m.type, m.text, m.status, m.edited_text, m.edit_ts, m.deleted,
+       m.reactions, m.quoted_message_id, m.message_ts, m.analysis_state, m.sentiment, m.emotion,
+       m.satisfaction, m.analysis_error, m.seq, m.content_xid::text::bigint AS content_xid
+FROM unnest($1::uuid[], $2::uuid[], $3::text[]) WITH ORDINALITY AS k(tenant_id, instance_id,
+                                                                   message_id, ord)
+JOIN messages AS m USING (tenant_id, instance_id, message_id)
+WHERE m.has_content
+ORDER BY k.ord
+
+-- name: stream_instances
+SELECT i.tenant_id, i.instance_id, i.name, i.state, i.state_reason, i.owner_jid, i.profile_name,
+       i.state_at, i.qr_code, i.qr_base64, i.pairing_code, i.qr_at
+FROM unnest($1::uuid[], $2::uuid[]) AS k(tenant_id, instance_id)
+JOIN instances AS i USING (tenant_id, instance_id)
+
+-- name: stream_frontier
+-- Every message position below this one is final: no transaction still running can add one.
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+
+-- name: list_messages_after
+-- Catch-up for live clients: messages whose content arrived after a position, oldest first,
+-- only up to the frontier (see migration 0003).
+SELECT instance_id, message_id, chat_jid, chat_type, sender_jid, sender_phone, from_me,
+       push_name, type, text, status, edited_text, edit_ts, deleted, reactions,
+       quoted_message_id, message_ts, analysis_state, sentiment, emotion, satisfaction,
+       analysis_error, seq, content_xid::text::bigint AS content_xid
+FROM messages
+WHERE tenant_id = $1 AND has_content
+  AND ($2::uuid IS NULL OR instance_id = $2)
+  AND ($3::text IS NULL OR chat_jid = $3)
+  AND (content_xid, seq) > ($4::text::xid8, $5::bigint)
+  AND content_xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY content_xid, seq
+LIMIT $6
+
+-- name: search_text
+-- Portuguese full-text search within one tenant; the WHERE clause matches the partial GIN index
+-- messages_search (tenant_id, to_tsvector('sense_pt', coalesce(edited_text, text))).
+-- Matches are marked with U+0002 ... U+0003 in `highlight` (never HTML).
+WITH q AS (SELECT websearch_to_tsquery('sense_pt', $2) AS query),
+hits AS (
+    SELECT m.instance_id, m.message_id, m.chat_jid, m.chat_type, m.sender_jid, m.sender_phone,
+           m.from_me, m.push_name, m.type, m.text, m.status, m.edited_text, m.edit_ts,
+           m.deleted, m.reactions, m.quoted_message_id, m.message_ts, m.analysis_state,
+           m.sentiment, m.emotion, m.satisfaction, m.analysis_error, m.seq,
+           ts_rank_cd(to_tsvector('sense_pt', coalesce(m.edited_text, m.text)), q.query) AS score,
+           q.query
+    FROM messages AS m, q
+    WHERE m.tenant_id = $1 AND m.has_content AND NOT m.deleted
+      AND to_tsvector('sense_pt', coalesce(m.edited_text, m.text)) @@ q.query
+      AND ($3::uuid IS NULL OR m.instance_id = $3)
+      AND ($4::text IS NULL OR m.chat_jid = $4)
+    ORDER BY score DESC, m.message_ts DESC, m.seq DESC
+    LIMIT $5
+)
+SELECT hits.*, ts_headline('sense_pt', coalesce(hits.edited_text, hits.text), hits.query,
+                           'StartSel=' || chr(2) || ', StopSel=' || chr(3)
+                           || ', MaxFragments=2, MaxWords=18, MinWords=6') AS highlight
+FROM hits
+ORDER BY score DESC, message_ts DESC, seq DESC
+
+-- name: search_semantic
+-- Nearest messages of one tenant by cosine distance to a query embedding ($2, text form
+-- '[x,y,...]'). Run with hnsw.iterative_scan = relaxed_order so that the tenant filter cannot
+-- starve the index scan; the outer ORDER BY restores the exact order.
+SELECT * FROM (
+    SELECT m.instance_id, m.message_id, m.chat_jid, m.chat_type, m.sender_jid, m.sender_phone,
+           m.from_me, m.push_name, m.type, m.text, m.status, m.edited_text, m.edit_ts,
+           m.deleted, m.reactions, m.quoted_message_id, m.message_ts, m.analysis_state,
+           m.sentiment, m.emotion, m.satisfaction, m.analysis_error, m.seq,
+           m.embedding <=> $2::text::vector AS distance
+    FROM messages AS m
+    WHERE m.tenant_id = $1 AND m.has_content AND NOT m.deleted AND m.embedding IS NOT NULL
+      AND ($3::uuid IS NULL OR m.instance_id = $3)
+      AND ($4::text IS NULL OR m.chat_jid = $4)
+    ORDER BY m.embedding <=> $2::text::vector
+    LIMIT $5
+) AS nearest
+ORDER BY distance
+
+-- name: search_semantic_settings
+-- For the transaction of one semantic search: keep scanning the HNSW graph until enough rows
+-- pass the tenant filter (pgvector >= 0.8), with a candidate list a bit wider than the default.
+SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
+       set_config('hnsw.ef_search', '100', true)
