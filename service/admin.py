@@ -60,12 +60,7 @@ async def create_tenant(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> T
     token = "st_" + secrets.token_urlsafe(32)
     tenant_id = uuid.uuid4()
     try:
-        await conn.execute(
-            "INSERT INTO tenants (tenant_id, name, token_hash) VALUES ($1, $2, $3)",
-            tenant_id,
-            name,
-            digest(token),
-        )
+        await conn.execute(db.q("insert_tenant"), tenant_id, name, digest(token))
     except asyncpg.UniqueViolationError:
         raise AdminError(409, "conflict", f"tenant {name!r} exists") from None
     return TenantCreated(str(tenant_id), name, token)
@@ -76,12 +71,7 @@ async def create_source(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> S
     secret = secrets.token_urlsafe(32)
     source_id = uuid.uuid4()
     try:
-        await conn.execute(
-            "INSERT INTO sources (source_id, name, secret_hash) VALUES ($1, $2, $3)",
-            source_id,
-            name,
-            digest(secret),
-        )
+        await conn.execute(db.q("insert_source"), source_id, name, digest(secret))
     except asyncpg.UniqueViolationError:
         raise AdminError(409, "conflict", f"source {name!r} exists") from None
     return SourceCreated(str(source_id), name, secret, WEBHOOK_PREFIX + secret)
