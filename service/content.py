@@ -34,6 +34,15 @@ def _clean(text: str | None) -> str | None:
     return text if text.strip() else None
 
 
+def _transcript(text: str | None) -> str | None:
+    """Evolution's OpenAI speech-to-text is ``"[audio] <transcript>"``: the marker is not what
+    the person said."""
+    text = _clean(text)
+    if text is not None and text.startswith("[audio]"):
+        text = _clean(text[len("[audio]") :].lstrip())
+    return text
+
+
 def describe(m: MessageContent, speech_to_text: str | None = None) -> tuple[str, str | None]:
     """(type, text) of an unwrapped message, following the extraction order of §5."""
     if m.conversation is not None:
@@ -49,7 +58,7 @@ def describe(m: MessageContent, speech_to_text: str | None = None) -> tuple[str,
     if m.document_message is not None:
         return "document", _clean(m.document_message.caption)
     if m.audio_message is not None:
-        return "audio", _clean(speech_to_text or m.speech_to_text)
+        return "audio", _transcript(speech_to_text or m.speech_to_text)
     if m.sticker_message is not None:
         return "sticker", None
     if m.buttons_response_message is not None:
@@ -66,10 +75,14 @@ def describe(m: MessageContent, speech_to_text: str | None = None) -> tuple[str,
         return "button_response", _clean(text)
     poll = m.poll_creation_message_v3 or m.poll_creation_message_v2 or m.poll_creation_message
     if poll is not None:
-        return "poll", _clean(poll.name)
+        # the question, then one option per line (§5: name + options[].optionName)
+        lines = [poll.name, *(o.option_name for o in poll.options or [])]
+        return "poll", _clean("\n".join(line for line in lines if line and line.strip()))
     location = m.location_message or m.live_location_message
     if location is not None:
-        return "location", _clean(location.name) or _clean(location.address)
+        return "location", (
+            _clean(location.name) or _clean(location.address) or _clean(location.caption)
+        )
     if m.contact_message is not None:
         return "contact", _clean(m.contact_message.display_name)
     if m.contacts_array_message is not None:
@@ -80,7 +93,7 @@ def describe(m: MessageContent, speech_to_text: str | None = None) -> tuple[str,
         return "contact", _clean(name)
     if m.reaction_message is not None:
         return "reaction", _clean(m.reaction_message.text)
-    return "other", _clean(speech_to_text or m.speech_to_text)
+    return "other", _transcript(speech_to_text or m.speech_to_text)
 
 
 def _context_of(m: MessageContent) -> ContextInfo | None:
@@ -97,7 +110,12 @@ def _context_of(m: MessageContent) -> ContextInfo | None:
         m.list_response_message,
         m.interactive_response_message,
         m.location_message,
+        m.live_location_message,
+        m.contact_message,
+        m.contacts_array_message,
         m.poll_creation_message_v3,
+        m.poll_creation_message_v2,
+        m.poll_creation_message,
     ):
         if part is not None and part.context_info is not None:
             return part.context_info

@@ -57,11 +57,14 @@ class PayloadError(ValueError):
 def status_rank(value: str | int | None) -> int | None:
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        if 0 <= value < len(_STATUS_BY_NUMBER):
-            return STATUS_RANK[_STATUS_BY_NUMBER[value]]
-        return None
-    return STATUS_RANK.get(value.strip().upper())
+    if isinstance(value, str):
+        text = value.strip().upper()
+        if not text.isdigit():
+            return STATUS_RANK.get(text)
+        value = int(text)  # an enum number that went through a string
+    if 0 <= value < len(_STATUS_BY_NUMBER):
+        return STATUS_RANK[_STATUS_BY_NUMBER[value]]
+    return None
 
 
 @dataclass(slots=True)
@@ -281,6 +284,27 @@ class EventBuilder:
         if m is not None and m.protocol_message is not None:
             self.protocol(m.protocol_message)
             return
+        if m is not None and m.poll_update_message is not None:
+            # A poll vote (its poll is the message): no chat message of its own, kept as received.
+            vote = {"key": key, "pollUpdateMessage": m.poll_update_message}
+            self.ops.events.append(
+                (
+                    self.inst.tenant_id,
+                    self.inst.instance_id,
+                    self.env.event,
+                    sanitize_json(msgspec.json.encode(vote)).decode(),
+                )
+            )
+            return
+        if m is not None and m.secret_encrypted_message is not None:
+            secret = m.secret_encrypted_message
+            target = secret.target_message_key.id if secret.target_message_key else None
+            if target:
+                # An encrypted edit: no new message, and no text we could show. The target is
+                # edited; its text stays the last readable one (an untimed edit never hides a
+                # timed, readable one).
+                self._op(target).edit_ts = UNTIMED_EDIT
+                return
         if m is not None and m.reaction_message is not None:
             reaction = m.reaction_message
             target = reaction.key.id if reaction.key is not None else None
@@ -309,6 +333,12 @@ class EventBuilder:
 
     def protocol(self, proto: p.ProtocolMessage) -> None:
         """messages.edited / send.message.update: edits and revokes, keyed by the target id."""
+        if proto.type is None and proto.message is not None:
+            # the whole sent message ({key, message: {protocolMessage}}), not its protocolMessage
+            inner = unwrap(proto.message)
+            if inner.protocol_message is not None:
+                self.protocol(inner.protocol_message)
+            return
         kind = str(proto.type).upper() if proto.type is not None else ""
         target = proto.key.id if proto.key is not None else None
         if not target:
@@ -385,7 +415,10 @@ class EventBuilder:
             jid, name, unread = normalize_jid(c), None, None
         else:
             # on a pushName change 2.3.x sends [{id: <Evolution's db id>, name}]: no JID to file
-            jid, name, unread = normalize_jid(c.remote_jid), c.name, p.as_int(c.unread_messages)
+            jid, name = normalize_jid(c.jid()), c.name
+            unread = p.as_int(c.unread_messages)
+            if unread is None:
+                unread = p.as_int(c.unread_count)
         if jid is None:
             return
         self.ops.chats.append(
@@ -400,8 +433,32 @@ class EventBuilder:
             )
         )
 
+    def learn(self, candidates: list[str | None], phones: list[str | None]) -> None:
+        """Keep the @lid <-> phone pair one object names (a participant, an author)."""
+        lid = next((j for j in map(normalize_jid, candidates) if jid_kind(j) == "lid"), None)
+        phone = next((j for j in map(normalize_jid, phones) if jid_kind(j) == "user"), None)
+        if lid is not None and phone is not None:
+            self.ops.lid_pairs.append((self.inst.tenant_id, lid, phone))
+
+    def participants(self, people: list[p.GroupParticipant | str] | None) -> None:
+        for person in people or []:
+            if not isinstance(person, str):
+                ids = [person.id, person.lid, person.jid]
+                self.learn(ids, [person.phone_number, person.id, person.jid])
+
+    def participants_update(self, raw: msgspec.Raw) -> None:
+        """Kept as received; the pairs are a bonus, so a shape we do not know is no error."""
+        try:
+            upd = p.decode_data(raw, p.ParticipantsUpdate)
+        except msgspec.ValidationError:
+            upd = p.ParticipantsUpdate()
+        self.participants(upd.participants)
+        self.learn([upd.author], [upd.author_pn])
+        self.event(raw)
+
     def group(self, raw: msgspec.Raw) -> None:
         meta = p.decode_data(raw, p.GroupMetadata)
+        self.participants(meta.participants)
         jid = normalize_jid(meta.id)
         if jid is None:
             return
@@ -531,6 +588,8 @@ EVENTS: dict[str, tuple[Any, Handler]] = {
     "chatsdelete": (p.Chats, _chats(deleted=True)),
     "groupsupsert": (msgspec.Raw, _groups),
     "groupsupdate": (msgspec.Raw, _groups),
+    # kept as received, and the participants' @lid <-> phone pairs learned (Baileys 7)
+    "groupparticipantsupdate": (msgspec.Raw, lambda b, data, raw: b.participants_update(raw)),
 }
 
 # Consciously acknowledged without storing: ephemeral or chatbot-internal (answered 202).
@@ -556,8 +615,8 @@ def build_ops(envelope: p.Envelope, instance: Instance, received_ms: int | None 
         return Built(builder.ops, "ignored")
     spec = EVENTS.get(event)
     if spec is None:
-        # Known-but-tableless (calls, labels, group participants, instance lifecycle) and
-        # unknown future events are kept as received.
+        # Known-but-tableless (calls, labels, instance lifecycle) and unknown future events
+        # are kept as received.
         builder.event(envelope.data)
         known = event in KEPT_AS_EVENTS
         return Built(builder.ops, "stored" if known else "unrecognized")
@@ -573,7 +632,6 @@ def build_ops(envelope: p.Envelope, instance: Instance, received_ms: int | None 
 
 
 KEPT_AS_EVENTS = {
-    "groupparticipantsupdate",
     "call",
     "labelsedit",
     "labelsassociation",

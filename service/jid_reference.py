@@ -122,10 +122,13 @@ def resolve_addresses(
     remote = normalize_jid(remote_jid)
     head = remote if remote is not None else normalize_jid(remote_jid_alt)
     pairs: list[tuple[str, str]] = []
+    owner = normalize_jid(owner_jid)
     if _kind_of_canonical(head) in _CHAT_KINDS:
         chat = head
         if from_me:
-            sender = normalize_jid(owner_jid)
+            # the envelope has no sender before the first connection; the participant of
+            # one's own group message is oneself
+            sender = owner or _first("user", [participant, participant_alt, participant_pn])
         else:
             phone = _first("user", [participant, participant_alt, participant_pn])
             lid = _first("lid", [participant, participant_alt, participant_lid])
@@ -134,10 +137,21 @@ def resolve_addresses(
             sender = phone or lid or normalize_jid(participant)
     else:
         pn, slid = (None, None) if from_me else (sender_pn, sender_lid)
-        phone = _first("user", [remote_jid, remote_jid_alt, pn, previous_remote_jid])
-        lid = _first("lid", [remote_jid, remote_jid_alt, slid, previous_remote_jid])
+        if from_me and owner is None:
+            owner = _first("user", [sender_pn])  # 2.3.1-2.3.2: for fromMe, senderPn is the owner
+        # 2.3.1-2.3.2 swap remoteJid to senderPn, which for fromMe is the owner: the contact is
+        # then only in previousRemoteJid, and remoteJid names nobody but ourselves.
+        swapped = (
+            from_me
+            and remote is not None
+            and remote == owner
+            and normalize_jid(previous_remote_jid) is not None
+        )
+        first = None if swapped else remote_jid
+        phone = _first("user", [first, remote_jid_alt, pn, previous_remote_jid])
+        lid = _first("lid", [first, remote_jid_alt, slid, previous_remote_jid])
         if lid is not None and phone is not None:
             pairs.append((lid, phone))
-        chat = phone or lid or remote
-        sender = normalize_jid(owner_jid) if from_me else chat
+        chat = phone or lid or (normalize_jid(previous_remote_jid) if swapped else remote)
+        sender = owner if from_me else chat
     return chat, _kind_of_canonical(chat), sender, _digits_of_canonical(sender), pairs

@@ -113,17 +113,20 @@ class Location(Struct, rename="camel"):
     degrees_longitude: float | str | None = None
     name: str | None = None
     address: str | None = None
+    caption: str | None = None  # liveLocationMessage
     context_info: ContextInfo | None = None
 
 
 class Contact(Struct, rename="camel"):
     display_name: str | None = None
     vcard: str | None = None
+    context_info: ContextInfo | None = None
 
 
 class ContactsArray(Struct, rename="camel"):
     display_name: str | None = None
     contacts: list[Contact] | None = None
+    context_info: ContextInfo | None = None
 
 
 class ButtonsResponse(Struct, rename="camel"):
@@ -178,6 +181,16 @@ class ProtocolMessage(Struct, rename="camel"):
     type: int | str | None = None
     edited_message: MessageContent | None = None
     timestamp_ms: Int64 = None
+    # send.message.update may carry the whole sent message ({key, message: {protocolMessage}})
+    # rather than the bare protocolMessage
+    message: MessageContent | None = None
+
+
+class SecretEncrypted(Struct, rename="camel"):
+    """An edit (or event edit) new clients encrypt; Evolution 2.3.7 does not decrypt it."""
+
+    target_message_key: MessageKey | None = None
+    secret_enc_type: int | str | None = None
 
 
 class Wrapper(Struct):
@@ -209,6 +222,7 @@ class MessageContent(Struct, rename="camel"):
     poll_creation_message_v3: PollCreation | None = None
     poll_update_message: dict[str, Any] | None = None
     protocol_message: ProtocolMessage | None = None
+    secret_encrypted_message: SecretEncrypted | None = None
     ephemeral_message: Wrapper | None = None
     view_once_message: Wrapper | None = None
     view_once_message_v2: Wrapper | None = None
@@ -303,9 +317,16 @@ class ContactData(Struct, rename="camel"):
 
 class ChatData(Struct, rename="camel"):
     remote_jid: str | None = None
+    # 2.3.x: Evolution's db cuid (pushName changes); v1 / Baileys: the chat JID itself
     id: str | None = None
     name: str | None = None
     unread_messages: Int64 = None
+    unread_count: Int64 = None  # v1 (Baileys Chat)
+
+    def jid(self) -> str | None:
+        if self.remote_jid:
+            return self.remote_jid
+        return self.id if self.id and "@" in self.id else None
 
 
 class GroupParticipant(Struct, rename="camel"):
@@ -319,6 +340,18 @@ class GroupParticipant(Struct, rename="camel"):
 class GroupMetadata(Struct, rename="camel"):
     id: str | None = None
     subject: str | None = None
+    # Baileys 7 objects name the @lid and the phone; older ones a JID only
+    participants: list[GroupParticipant | str] | None = None
+
+
+class ParticipantsUpdate(Struct, rename="camel"):
+    """``group-participants.update``: participants are strings <=2.3.2, objects with Baileys 7."""
+
+    id: str | None = None
+    author: str | None = None
+    author_pn: str | None = None
+    participants: list[GroupParticipant | str] | None = None
+    action: str | None = None
 
 
 Contacts = list[ContactData] | ContactData
@@ -334,6 +367,29 @@ def as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return value if isinstance(value, list) else [value]
+
+
+def without_inline_media(body: bytes) -> bytes:
+    """``body`` with the inline media of every message it carries set to null
+    (``message.base64`` of ``data``, of each item of an array ``data`` such as messages.set, and
+    of v1's ``{"messages": [...]}``), for the copies kept in quarantine; anything else as is."""
+    if b'"base64"' not in body:
+        return body
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body
+    data = doc.get("data") if isinstance(doc, dict) else None
+    items = list(data) if isinstance(data, list) else [data]
+    if isinstance(data, dict) and isinstance(data.get("messages"), list):
+        items.extend(data["messages"])
+    stripped = False
+    for item in items:
+        message = item.get("message") if isinstance(item, dict) else None
+        if isinstance(message, dict) and message.get("base64") is not None:
+            message["base64"] = None
+            stripped = True
+    return msgspec.json.encode(doc) if stripped else body
 
 
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}

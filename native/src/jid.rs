@@ -212,12 +212,20 @@ pub fn resolve_addresses(k: &KeyFields) -> Addresses {
     let head = remote.clone().or_else(|| norm(k.remote_jid_alt));
     let head_kind = head.as_deref().map_or(Kind::Unknown, kind_of_canonical);
     let mut lid_pairs = Vec::new();
+    let mut owner = norm(k.owner_jid);
     let (chat_jid, sender_jid) = if matches!(
         head_kind,
         Kind::Group | Kind::Broadcast | Kind::Status | Kind::Newsletter
     ) {
         let sender = if k.from_me {
-            norm(k.owner_jid)
+            // the envelope has no sender before the first connection; the participant of
+            // one's own group message is oneself
+            owner.or_else(|| {
+                first_of(
+                    Kind::User,
+                    &[k.participant, k.participant_alt, k.participant_pn],
+                )
+            })
         } else {
             let phone = first_of(
                 Kind::User,
@@ -239,33 +247,29 @@ pub fn resolve_addresses(k: &KeyFields) -> Addresses {
         } else {
             (k.sender_pn, k.sender_lid)
         };
+        if k.from_me && owner.is_none() {
+            // 2.3.1-2.3.2: for fromMe, senderPn is the owner
+            owner = first_of(Kind::User, &[k.sender_pn]);
+        }
+        // 2.3.1-2.3.2 swap remoteJid to senderPn, which for fromMe is the owner: the contact is
+        // then only in previousRemoteJid, and remoteJid names nobody but ourselves.
+        let previous = norm(k.previous_remote_jid);
+        let swapped = k.from_me && remote.is_some() && remote == owner && previous.is_some();
+        let first = if swapped { None } else { k.remote_jid };
         let phone = first_of(
             Kind::User,
-            &[
-                k.remote_jid,
-                k.remote_jid_alt,
-                sender_pn,
-                k.previous_remote_jid,
-            ],
+            &[first, k.remote_jid_alt, sender_pn, k.previous_remote_jid],
         );
         let lid = first_of(
             Kind::Lid,
-            &[
-                k.remote_jid,
-                k.remote_jid_alt,
-                sender_lid,
-                k.previous_remote_jid,
-            ],
+            &[first, k.remote_jid_alt, sender_lid, k.previous_remote_jid],
         );
         if let (Some(l), Some(p)) = (&lid, &phone) {
             lid_pairs.push((l.clone(), p.clone()));
         }
-        let chat = phone.or(lid).or(remote);
-        let sender = if k.from_me {
-            norm(k.owner_jid)
-        } else {
-            chat.clone()
-        };
+        let fallback = if swapped { previous } else { remote };
+        let chat = phone.or(lid).or(fallback);
+        let sender = if k.from_me { owner } else { chat.clone() };
         (chat, sender)
     };
     let chat_type = chat_jid.as_deref().map_or(Kind::Unknown, kind_of_canonical);
@@ -398,6 +402,46 @@ mod tests {
             Some("5511900000001@s.whatsapp.net")
         );
         assert!(a.lid_pairs.is_empty());
+    }
+
+    #[test]
+    fn from_me_swapped_to_the_owner_keeps_the_contact() {
+        // 2.3.1: remoteJid was swapped to senderPn, which for fromMe is the owner
+        let a = resolve_addresses(&KeyFields {
+            remote_jid: Some("5511900000001@s.whatsapp.net"),
+            sender_pn: Some("5511900000001@s.whatsapp.net"),
+            previous_remote_jid: Some("987654321098765@lid"),
+            from_me: true,
+            owner_jid: Some("5511900000001:17@s.whatsapp.net"),
+            ..Default::default()
+        });
+        assert_eq!(a.chat_jid.as_deref(), Some("987654321098765@lid"));
+        assert_eq!(a.chat_type, Kind::Lid);
+        assert_eq!(
+            a.sender_jid.as_deref(),
+            Some("5511900000001@s.whatsapp.net")
+        );
+        assert!(a.lid_pairs.is_empty());
+        // no envelope sender yet: senderPn names the owner
+        let b = resolve_addresses(&KeyFields {
+            remote_jid: Some("987654321098765@lid"),
+            sender_pn: Some("5511900000001@s.whatsapp.net"),
+            from_me: true,
+            ..Default::default()
+        });
+        assert_eq!(b.chat_jid.as_deref(), Some("987654321098765@lid"));
+        assert_eq!(
+            b.sender_jid.as_deref(),
+            Some("5511900000001@s.whatsapp.net")
+        );
+        // a message to oneself is not a swap
+        let c = resolve_addresses(&KeyFields {
+            remote_jid: Some("5511900000001@s.whatsapp.net"),
+            from_me: true,
+            owner_jid: Some("5511900000001@s.whatsapp.net"),
+            ..Default::default()
+        });
+        assert_eq!(c.chat_jid.as_deref(), Some("5511900000001@s.whatsapp.net"));
     }
 
     #[test]

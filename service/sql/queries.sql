@@ -23,6 +23,9 @@ SELECT tenant_id, name, token_hash FROM tenants
 SELECT tenant_id, instance_id, source_id, name, apikey FROM instances
 
 -- name: create_staging
+-- Each upsert below consumes (DELETEs) the staging rows it reads, so several writes inside one
+-- transaction (quarantine replay writes event by event) never see each other's rows. `ord`
+-- keeps arrival order: where one batch holds several rows for a key, the last one wins.
 CREATE TEMP TABLE IF NOT EXISTS stage_messages (
     tenant_id uuid, instance_id uuid, message_id text, has_content boolean, chat_jid text,
     chat_type text, sender_jid text, sender_phone text, from_me boolean, push_name text,
@@ -30,26 +33,33 @@ CREATE TEMP TABLE IF NOT EXISTS stage_messages (
     edited_text text, edit_ts bigint, deleted boolean, reactions text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_lid (
-    tenant_id uuid, lid_jid text, phone_jid text
+    tenant_id uuid, lid_jid text, phone_jid text, ord bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_contacts (
-    tenant_id uuid, instance_id uuid, jid text, push_name text, profile_pic_url text
+    tenant_id uuid, instance_id uuid, jid text, push_name text, profile_pic_url text,
+    ord bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_chats (
     tenant_id uuid, instance_id uuid, chat_jid text, chat_type text, name text, unread integer,
-    deleted boolean
+    deleted boolean, ord bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_groups (
-    tenant_id uuid, instance_id uuid, group_jid text, subject text, metadata text
+    tenant_id uuid, instance_id uuid, group_jid text, subject text, metadata text,
+    ord bigint GENERATED ALWAYS AS IDENTITY
 ) ON COMMIT DELETE ROWS
 
 -- name: upsert_lid_map
--- Learn @lid -> phone pairs; move messages and chats already filed under a newly learned @lid.
-WITH learned AS (
+-- Learn @lid -> phone pairs (the latest one wins); move what is already filed under a newly
+-- learned @lid: lid chats and their messages, and messages whose sender was that @lid (group
+-- members, §7: the phone is told by any payload, earlier or later).
+WITH staged AS (
+    DELETE FROM stage_lid RETURNING tenant_id, lid_jid, phone_jid, ord
+),
+learned AS (
     INSERT INTO lid_map AS l (tenant_id, lid_jid, phone_jid)
     SELECT DISTINCT ON (tenant_id, lid_jid) tenant_id, lid_jid, phone_jid
-    FROM stage_lid
-    ORDER BY tenant_id, lid_jid
+    FROM staged
+    ORDER BY tenant_id, lid_jid, ord DESC
     ON CONFLICT (tenant_id, lid_jid) DO UPDATE
         SET phone_jid = EXCLUDED.phone_jid, learned_at = now()
         WHERE l.phone_jid <> EXCLUDED.phone_jid
@@ -67,6 +77,15 @@ moved_messages AS (
     FROM learned
     WHERE m.tenant_id = learned.tenant_id AND m.chat_type = 'lid' AND m.chat_jid = learned.lid_jid
 ),
+moved_senders AS (
+    UPDATE messages AS m
+    SET sender_jid = learned.phone_jid,
+        sender_phone = split_part(learned.phone_jid, '@', 1),
+        updated_at = now()
+    FROM learned
+    WHERE m.tenant_id = learned.tenant_id AND m.sender_jid LIKE '%@lid'
+      AND m.sender_jid = learned.lid_jid AND m.chat_type <> 'lid'
+),
 moved_chats AS (
     DELETE FROM chats AS c
     USING learned
@@ -83,6 +102,7 @@ FROM moved_chats
 ORDER BY tenant_id, instance_id, phone_jid, last_message_ts DESC NULLS LAST
 ON CONFLICT (tenant_id, instance_id, chat_jid) DO UPDATE SET
     name = coalesce(c.name, EXCLUDED.name),
+    unread = coalesce(c.unread, EXCLUDED.unread),
     last_message_id = CASE WHEN EXCLUDED.last_message_ts
                                 > coalesce(c.last_message_ts, '-infinity'::timestamptz)
                            THEN EXCLUDED.last_message_id ELSE c.last_message_id END,
@@ -94,7 +114,10 @@ ON CONFLICT (tenant_id, instance_id, chat_jid) DO UPDATE SET
 -- (duplicates change nothing). Status: only forward. Edit: newest wins. Deleted: sticky.
 -- Reactions: newest per reactor. Returns the rows that changed; `created` is true for rows
 -- whose content arrived in this transaction.
-WITH staged AS (
+WITH consumed AS (
+    DELETE FROM stage_messages RETURNING *
+),
+staged AS (
     SELECT s.tenant_id, s.instance_id, s.message_id, s.has_content,
            CASE WHEN lc.phone_jid IS NOT NULL THEN lc.phone_jid ELSE s.chat_jid END AS chat_jid,
            CASE WHEN lc.phone_jid IS NOT NULL THEN 'user' ELSE s.chat_type END AS chat_type,
@@ -103,11 +126,13 @@ WITH staged AS (
                 ELSE s.sender_phone END AS sender_phone,
            s.from_me, s.push_name, s.type, s.text, s.quoted_message_id, s.message_ts, s.status,
            s.edited_text, s.edit_ts, s.deleted, s.reactions::jsonb AS reactions
-    FROM stage_messages AS s
+    FROM consumed AS s
     LEFT JOIN lid_map AS lc
         ON s.chat_type = 'lid' AND lc.tenant_id = s.tenant_id AND lc.lid_jid = s.chat_jid
     LEFT JOIN lid_map AS ls
         ON s.sender_jid LIKE '%@lid' AND ls.tenant_id = s.tenant_id AND ls.lid_jid = s.sender_jid
+    -- rows lock in key order whatever the join plan (flushers of other processes overlap)
+    ORDER BY s.tenant_id, s.instance_id, s.message_id
 ),
 upserted AS (
     INSERT INTO messages AS m (
@@ -173,22 +198,51 @@ chats_touched AS (
 SELECT tenant_id, instance_id, message_id, has_content, created, analysis_state FROM upserted
 
 -- name: upsert_contacts
+-- Several rows for one contact in a batch merge like consecutive upserts would: the latest
+-- non-null value of each field wins.
+WITH staged AS (
+    DELETE FROM stage_contacts RETURNING *
+)
 INSERT INTO contacts AS c (tenant_id, instance_id, jid, push_name, profile_pic_url)
-SELECT DISTINCT ON (tenant_id, instance_id, jid) tenant_id, instance_id, jid, push_name,
-       profile_pic_url
-FROM stage_contacts
-ORDER BY tenant_id, instance_id, jid
+SELECT tenant_id, instance_id, jid,
+       (array_agg(push_name ORDER BY ord DESC) FILTER (WHERE push_name IS NOT NULL))[1],
+       (array_agg(profile_pic_url ORDER BY ord DESC)
+            FILTER (WHERE profile_pic_url IS NOT NULL))[1]
+FROM staged
+GROUP BY tenant_id, instance_id, jid
+ORDER BY tenant_id, instance_id, jid  -- rows lock in key order across processes
 ON CONFLICT (tenant_id, instance_id, jid) DO UPDATE SET
     push_name = coalesce(EXCLUDED.push_name, c.push_name),
     profile_pic_url = coalesce(EXCLUDED.profile_pic_url, c.profile_pic_url),
     updated_at = now()
 
 -- name: upsert_chats
+-- 2.3.7 still sends chats.* with the @lid after its upserts named the phone (and lost the LID).
+-- An @lid whose phone is known is that phone's chat; one we cannot place only updates a lid
+-- chat that messages created, so it never shows up as a second, empty chat of the same person.
+WITH staged AS (
+    DELETE FROM stage_chats RETURNING *
+),
+resolved AS (
+    SELECT s.tenant_id, s.instance_id, coalesce(l.phone_jid, s.chat_jid) AS chat_jid,
+           CASE WHEN l.phone_jid IS NOT NULL THEN 'user' ELSE s.chat_type END AS chat_type,
+           s.name, s.unread, s.deleted, s.ord
+    FROM staged AS s
+    LEFT JOIN lid_map AS l
+        ON s.chat_type = 'lid' AND l.tenant_id = s.tenant_id AND l.lid_jid = s.chat_jid
+    WHERE s.chat_type <> 'lid' OR l.phone_jid IS NOT NULL
+       OR EXISTS (SELECT 1 FROM chats AS x
+                  WHERE x.tenant_id = s.tenant_id AND x.instance_id = s.instance_id
+                    AND x.chat_jid = s.chat_jid)
+)
 INSERT INTO chats AS c (tenant_id, instance_id, chat_jid, chat_type, name, unread, deleted)
-SELECT DISTINCT ON (tenant_id, instance_id, chat_jid) tenant_id, instance_id, chat_jid,
-       chat_type, name, unread, deleted
-FROM stage_chats
-ORDER BY tenant_id, instance_id, chat_jid
+SELECT tenant_id, instance_id, chat_jid, (array_agg(chat_type ORDER BY ord DESC))[1],
+       (array_agg(name ORDER BY ord DESC) FILTER (WHERE name IS NOT NULL))[1],
+       (array_agg(unread ORDER BY ord DESC) FILTER (WHERE unread IS NOT NULL))[1],
+       (array_agg(deleted ORDER BY ord DESC))[1]
+FROM resolved
+GROUP BY tenant_id, instance_id, chat_jid
+ORDER BY tenant_id, instance_id, chat_jid  -- rows lock in key order across processes
 ON CONFLICT (tenant_id, instance_id, chat_jid) DO UPDATE SET
     name = coalesce(EXCLUDED.name, c.name),
     unread = coalesce(EXCLUDED.unread, c.unread),
@@ -196,11 +250,16 @@ ON CONFLICT (tenant_id, instance_id, chat_jid) DO UPDATE SET
     updated_at = now()
 
 -- name: upsert_groups
+WITH staged AS (
+    DELETE FROM stage_groups RETURNING *
+)
 INSERT INTO groups AS g (tenant_id, instance_id, group_jid, subject, metadata)
-SELECT DISTINCT ON (tenant_id, instance_id, group_jid) tenant_id, instance_id, group_jid,
-       subject, metadata::jsonb
-FROM stage_groups
-ORDER BY tenant_id, instance_id, group_jid
+SELECT tenant_id, instance_id, group_jid,
+       (array_agg(subject ORDER BY ord DESC) FILTER (WHERE subject IS NOT NULL))[1],
+       (array_agg(metadata ORDER BY ord DESC) FILTER (WHERE metadata IS NOT NULL))[1]::jsonb
+FROM staged
+GROUP BY tenant_id, instance_id, group_jid
+ORDER BY tenant_id, instance_id, group_jid  -- rows lock in key order across processes
 ON CONFLICT (tenant_id, instance_id, group_jid) DO UPDATE SET
     subject = coalesce(EXCLUDED.subject, g.subject),
     metadata = coalesce(EXCLUDED.metadata, g.metadata),
@@ -267,7 +326,9 @@ WHERE tenant_id = $1 AND instance_id = $2 AND message_id = $3 AND has_content
 -- name: list_chats
 -- Chats with their last message, newest first, and the rolling analysis of the last 50
 -- analysed messages of each.
-SELECT c.instance_id, c.chat_jid, c.chat_type, c.name, c.unread, c.last_message_ts, m.*,
+-- m.* comes first: a record answers a repeated column name with its last value, and a chat
+-- without a message (chats.upsert) has m.chat_jid, m.instance_id... NULL.
+SELECT m.*, c.instance_id, c.chat_jid, c.chat_type, c.name, c.unread, c.last_message_ts,
        a.avg_sentiment, a.avg_satisfaction, a.analyzed_messages
 FROM chats AS c
 LEFT JOIN messages AS m

@@ -431,3 +431,124 @@ async def test_start_up_replays_what_was_registered_meanwhile(
             await asyncio.sleep(0.05)
     assert await conn.fetchval("SELECT count(*) FROM quarantine") == 0
     assert await conn.fetchval("SELECT text FROM messages WHERE message_id = 'S1'") == "esperando"
+
+
+async def test_replay_of_several_events_for_one_message(conn: asyncpg.Connection) -> None:
+    """Replay writes event by event inside one transaction: each write must see only its own
+    staging rows (they used to pile up until COMMIT: "ON CONFLICT ... a second time")."""
+    from service import admin
+
+    tenant = await admin.create_tenant(conn, "acme")
+    source = await admin.create_source(conn, "evo")
+    for body in (
+        upsert("late", "RP1", "conteúdo"),
+        status_update("late", "RP1", "READ"),
+        status_update("late", "RP1", "PLAYED"),
+        upsert("late", "RP2", "outra"),
+    ):
+        await conn.execute(
+            "INSERT INTO quarantine (source_id, instance_name, event, reason, body) "
+            "VALUES ($1, 'late', $2, 'unknown instance', $3)",
+            uuid.UUID(source.id),
+            body["event"],
+            msgspec.json.encode(body),
+        )
+    await admin.add_instance(conn, tenant.name, source.name, "late")
+    result = await admin.replay_quarantine(conn, None, "late")
+    assert result.replayed == 4
+    rows = await conn.fetch("SELECT message_id, status FROM messages ORDER BY message_id")
+    assert [(r[0], r[1]) for r in rows] == [("RP1", 50), ("RP2", 30)]
+    assert await conn.fetchval("SELECT count(*) FROM quarantine") == 0
+
+
+async def test_one_batch_merges_contacts_and_chats_like_consecutive_upserts(
+    conn: asyncpg.Connection,
+) -> None:
+    from service import db
+    from service.events import Ops
+    from service.ingest import write_in
+
+    t, i = uuid.uuid4(), uuid.uuid4()
+    jid = "5511987654321@s.whatsapp.net"
+    ops = Ops(
+        contacts=[(t, i, jid, "Cliente", None), (t, i, jid, None, "https://pps.example/b.jpg")],
+        chats=[
+            (t, i, jid, "user", "Cliente", None, False),
+            (t, i, jid, "user", None, 4, False),
+            (t, i, "5511922223333@s.whatsapp.net", "user", "Some", None, False),
+            (t, i, "5511922223333@s.whatsapp.net", "user", None, None, True),
+        ],
+    )
+    await conn.execute(db.q("create_staging"))
+    async with conn.transaction():
+        await write_in(conn, ops)
+    contact = await conn.fetchrow("SELECT push_name, profile_pic_url FROM contacts")
+    assert tuple(contact) == ("Cliente", "https://pps.example/b.jpg")
+    chats = await conn.fetch("SELECT chat_jid, name, unread, deleted FROM chats ORDER BY chat_jid")
+    assert [tuple(c) for c in chats] == [
+        ("5511922223333@s.whatsapp.net", "Some", None, True),
+        (jid, "Cliente", 4, False),
+    ]
+
+
+async def test_chat_without_messages_is_listed_with_its_jid(deployment: Deployment) -> None:
+    body = {
+        "event": "chats.upsert",
+        "instance": "acme-main",
+        "data": [{"remoteJid": "5511944445555@s.whatsapp.net", "name": "Ana", "unreadMessages": 2}],
+    }
+    assert (await deployment.post(body)).status_code == 200
+    [chat] = (await deployment.get("/api/v1/chats", "acme")).json()["items"]
+    assert chat["chat_jid"] == "5511944445555@s.whatsapp.net"
+    assert chat["instance"] == "acme-main" and chat["chat_type"] == "user"
+    assert (chat["name"], chat["unread"], chat["last_message"]) == ("Ana", 2, None)
+
+
+async def test_group_sender_lid_is_relinked_and_lid_chats_file_under_the_phone(
+    deployment: Deployment,
+) -> None:
+    group, lid, phone = "120363025246125486@g.us", "555666777888999@lid", "5511911112222"
+    await deployment.post(upsert("acme-main", "GS1", remote=group, key={"participant": lid}))
+    first = (await deployment.message("acme", "acme-main", "GS1")).json()
+    assert (first["sender_jid"], first["sender_phone"]) == (lid, None)
+    await deployment.post(
+        upsert(
+            "acme-main",
+            "GS2",
+            remote=lid,
+            key={"remoteJidAlt": f"{phone}@s.whatsapp.net"},
+        )
+    )
+    got = (await deployment.message("acme", "acme-main", "GS1")).json()
+    assert (got["chat_jid"], got["chat_type"]) == (group, "group")
+    assert (got["sender_jid"], got["sender_phone"]) == (f"{phone}@s.whatsapp.net", phone)
+    # 2.3.7 chats.* still name the @lid: it is the phone's chat now
+    body = {
+        "event": "chats.update",
+        "instance": "acme-main",
+        "data": [{"remoteJid": lid, "unreadMessages": 3}],
+    }
+    assert (await deployment.post(body)).status_code == 200
+    chats = (await deployment.get("/api/v1/chats", "acme")).json()["items"]
+    assert sorted((c["chat_jid"], c["unread"]) for c in chats) == [
+        (group, None),
+        (f"{phone}@s.whatsapp.net", 3),
+    ]
+
+
+async def test_chats_for_an_unplaced_lid_only_update_an_existing_lid_chat(
+    deployment: Deployment,
+) -> None:
+    lid = "777888999000111@lid"
+    named = {
+        "event": "chats.upsert",
+        "instance": "acme-main",
+        "data": [{"remoteJid": lid, "name": "Sem telefone", "unreadMessages": 1}],
+    }
+    assert (await deployment.post(named)).status_code == 200
+    # 2.3.7 filed the messages under the phone: no empty second chat for the @lid
+    assert (await deployment.get("/api/v1/chats", "acme")).json()["items"] == []
+    await deployment.post(upsert("acme-main", "LC1", remote=lid))  # <=2.3.0: a lid chat
+    assert (await deployment.post(named)).status_code == 200
+    [chat] = (await deployment.get("/api/v1/chats", "acme")).json()["items"]
+    assert (chat["chat_jid"], chat["chat_type"], chat["name"]) == (lid, "lid", "Sem telefone")

@@ -26,6 +26,9 @@ def content(message: dict[str, Any]) -> p.MessageContent:
         ({"ptvMessage": {}}, "video", None),
         ({"audioMessage": {"ptt": True}}, "audio", None),
         ({"audioMessage": {"ptt": True}, "speechToText": "transcrito"}, "audio", "transcrito"),
+        # Evolution prefixes its OpenAI transcript with a marker
+        ({"audioMessage": {"ptt": True}, "speechToText": "[audio] oi tudo"}, "audio", "oi tudo"),
+        ({"audioMessage": {"ptt": True}, "speechToText": "[audio] "}, "audio", None),
         ({"documentMessage": {"caption": "nota"}}, "document", "nota"),
         ({"stickerMessage": {}}, "sticker", None),
         ({"buttonsResponseMessage": {"selectedDisplayText": "Sim"}}, "button_response", "Sim"),
@@ -38,8 +41,21 @@ def content(message: dict[str, Any]) -> p.MessageContent:
             "{}",
         ),
         ({"pollCreationMessageV3": {"name": "Sabor?", "options": []}}, "poll", "Sabor?"),
+        # §5: name + options[].optionName, one per line, all three generations
+        (
+            {"pollCreationMessage": {"name": "Dia?", "options": [{"optionName": "Sáb"}, {}]}},
+            "poll",
+            "Dia?\nSáb",
+        ),
+        (
+            {"pollCreationMessageV2": {"name": "", "options": [{"optionName": "Uva"}]}},
+            "poll",
+            "Uva",
+        ),
         ({"locationMessage": {"degreesLatitude": -23.5, "name": "Loja"}}, "location", "Loja"),
         ({"liveLocationMessage": {"degreesLatitude": 1.0}}, "location", None),
+        ({"liveLocationMessage": {"caption": "chegando"}}, "location", "chegando"),
+        ({"locationMessage": {"address": "Rua A", "name": " "}}, "location", "Rua A"),
         ({"contactMessage": {"displayName": "Ana"}}, "contact", "Ana"),
         ({"contactsArrayMessage": {"contacts": [{"displayName": "Bia"}]}}, "contact", "Bia"),
         ({"reactionMessage": {"text": "❤"}}, "reaction", "❤"),
@@ -88,3 +104,19 @@ def test_quoted_message_id_from_data_or_inner_context() -> None:
         p.MessageData,
     )
     assert quoted_message_id(inner, inner.message) == "Q2"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"contactMessage": {"displayName": "Ana", "contextInfo": {"stanzaId": "Q3"}}},
+        {"contactsArrayMessage": {"contacts": [], "contextInfo": {"stanzaId": "Q3"}}},
+        {"liveLocationMessage": {"contextInfo": {"stanzaId": "Q3"}}},
+        {"pollCreationMessage": {"name": "x", "contextInfo": {"stanzaId": "Q3"}}},
+        {"pollCreationMessageV2": {"name": "x", "contextInfo": {"stanzaId": "Q3"}}},
+    ],
+)
+def test_quoted_message_id_of_every_kind_that_can_reply(message: dict[str, Any]) -> None:
+    data = msgspec.convert({"message": message}, p.MessageData)
+    assert data.message is not None
+    assert quoted_message_id(data, unwrap(data.message)) == "Q3"

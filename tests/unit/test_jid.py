@@ -178,3 +178,30 @@ def test_phone_key_br_variants(digits: str) -> None:
         with_nine = digits[:4] + "9" + digits[4:]
         assert _native.phone_key(with_nine) == _native.phone_key(digits)
     assert _native.phone_key(digits) == jid_reference.phone_key(digits)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_from_me_swapped_to_the_owner_keeps_the_contact(impl: ModuleType) -> None:
+    """2.3.1-2.3.2 swap remoteJid to senderPn, and for fromMe senderPn is the owner (§7)."""
+    owner, contact_lid = "5511900000001@s.whatsapp.net", "987654321098765@lid"
+    swapped = impl.resolve_addresses(
+        owner,
+        sender_pn=owner,
+        previous_remote_jid=contact_lid,
+        from_me=True,
+        owner_jid="5511900000001:17@s.whatsapp.net",
+    )
+    assert swapped == (contact_lid, "lid", owner, "5511900000001", [])
+    # no envelope sender before the first connection: senderPn is the owner
+    assert impl.resolve_addresses(contact_lid, sender_pn=owner, from_me=True)[:3] == (
+        contact_lid,
+        "lid",
+        owner,
+    )
+    group = "120363025246125486@g.us"
+    assert impl.resolve_addresses(group, participant=owner, from_me=True)[2] == owner
+    # a note to oneself is no swap; an incoming message is never one
+    assert impl.resolve_addresses(owner, from_me=True, owner_jid=owner)[0] == owner
+    phone = "5511987654321@s.whatsapp.net"
+    incoming = impl.resolve_addresses(phone, previous_remote_jid=contact_lid, owner_jid=phone)
+    assert incoming[0] == phone and incoming[4] == [(contact_lid, phone)]

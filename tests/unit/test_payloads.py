@@ -76,3 +76,28 @@ def test_contacts_object_or_array_and_chats_strings() -> None:
 def test_wrong_type_error_names_the_path() -> None:
     with pytest.raises(msgspec.ValidationError, match=r"\$\.key"):
         p.decode_data(b'{"key": 7}', p.MessageData)
+
+
+def test_without_inline_media_in_every_message_shape() -> None:
+    media = "QUFB" * 50
+    one = {"event": "messages.upsert", "instance": "a", "data": {"message": {"base64": media}}}
+    many = {"event": "messages.set", "instance": "a", "data": [{"message": {"base64": media}}, 3]}
+    v1 = {
+        "event": "messages.upsert",
+        "instance": "a",
+        "data": {"messages": [{"key": {"id": "X"}, "message": {"base64": media}}], "type": "x"},
+    }
+    for body in (one, many, v1):
+        out = p.without_inline_media(msgspec.json.encode(body))
+        assert media.encode() not in out
+        assert msgspec.json.decode(out)["event"] == body["event"]
+    v1_out = msgspec.json.decode(p.without_inline_media(msgspec.json.encode(v1)))
+    assert v1_out["data"]["messages"][0]["key"] == {"id": "X"}
+    # nothing to strip: the very same bytes (not JSON, a QR code's base64, no base64 at all)
+    for raw in (
+        b'not json "base64"',
+        b'{"event": "qrcode.updated", "data": {"qrcode": {"base64": "iVBOR"}}}',
+        b'["base64"]',
+        b'{"event": "x", "instance": "a"}',
+    ):
+        assert p.without_inline_media(raw) is raw
