@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import db
+from service._native import normalize_jid, phone_variant
 from service.events import STATUS_NAME
 from service.http import JSON, error
 from service.resolve import Tenant
@@ -177,6 +178,18 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise ValueError("before is not a cursor returned by this API") from None
 
 
+def chat_forms(chat: str | None) -> list[str] | None:
+    """Every JID one conversation may be filed as: ``@c.us`` or a device suffix name the same
+    chat, and a number with a second form (BR 9th digit, MX 1, AR 9) is one person (§7)."""
+    if chat is None:
+        return None
+    canonical = normalize_jid(chat)
+    if canonical is None:
+        return [chat]  # no JID: matches what it literally names, i.e. nothing filed
+    variant = phone_variant(canonical)
+    return [canonical] if variant is None else [canonical, variant]
+
+
 async def list_messages(request: Request) -> Response:
     services: Services = request.app.state.services
     tenant = _tenant(request)
@@ -202,7 +215,7 @@ async def list_messages(request: Request) -> Response:
         db.q("list_messages"),
         tenant.tenant_id,
         instance_id,
-        params.get("chat") or None,
+        chat_forms(params.get("chat") or None),
         before[0] if before else None,
         before[1] if before else None,
         limit + 1,

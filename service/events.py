@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from service import payloads as p
-from service._native import jid_kind, normalize_jid, resolve_addresses
+from service._native import jid_kind, normalize_jid, phone_variant, resolve_addresses
 from service.content import describe, quoted_message_id, unwrap
 from service.resolve import Instance
 
@@ -88,6 +88,9 @@ class MessageOp:
     edit_ts: int | None = None
     deleted: bool = False
     reactions: dict[str, dict[str, Any]] | None = None
+    # The other form of a user chat's number (BR 9th digit, MX 1, AR 9): the upsert files the
+    # message under the form this instance already has a chat for (upsert_messages).
+    chat_variant: str | None = None
 
     @property
     def key(self) -> tuple[uuid.UUID, uuid.UUID, str]:
@@ -114,6 +117,7 @@ class MessageOp:
             self.edit_ts,
             self.deleted,
             msgspec.json.encode(self.reactions).decode() if self.reactions else "{}",
+            self.chat_variant,
         )
 
 
@@ -137,6 +141,7 @@ MESSAGE_COLUMNS = [
     "edit_ts",
     "deleted",
     "reactions",
+    "chat_variant",
 ]
 
 
@@ -321,6 +326,8 @@ class EventBuilder:
         op = self._op(key.id or raw_id())
         op.has_content = True
         op.chat_jid, op.chat_type = chat_jid, chat_type
+        if chat_type == "user":
+            op.chat_variant = phone_variant(chat_jid)
         op.sender_jid, op.sender_phone = sender_jid, sender_phone
         op.from_me = from_me
         op.push_name = _clean(_str(data.push_name))

@@ -98,6 +98,40 @@ def phone_key(digits: str) -> str:
     return d
 
 
+def _in(c: str, lo: str, hi: str) -> bool:
+    return lo <= c <= hi
+
+
+def _digits_variant(d: str) -> str | None:
+    if not _is_digits(d) or len(d) not in (12, 13):
+        return None
+    long = len(d) == 13
+    if d.startswith("55"):
+        if not (_in(d[2], "1", "9") and _in(d[3], "1", "9")):
+            return None  # no DDD has a 0
+        if long and d[4] == "9" and _in(d[5], "6", "9"):
+            return d[:4] + d[5:]
+        if not long and _in(d[4], "6", "9"):  # a mobile (landlines, 2-5, never got the 9)
+            return d[:4] + "9" + d[4:]
+        return None
+    for country, prefix, lo, hi in (("52", "1", "2", "9"), ("54", "9", "1", "3")):
+        if d.startswith(country):
+            if long and d[2] == prefix and _in(d[3], lo, hi):
+                return d[:2] + d[3:]
+            if not long and _in(d[2], lo, hi):
+                return d[:2] + prefix + d[2:]
+    return None
+
+
+def phone_variant(jid: str | None) -> str | None:
+    """The other form of one person's number (BR 9th digit, MX 1, AR 9), as a JID."""
+    canonical = normalize_jid(jid)
+    if canonical is None or not canonical.endswith("@s.whatsapp.net"):
+        return None
+    variant = _digits_variant(canonical[: -len("@s.whatsapp.net")])
+    return None if variant is None else variant + "@s.whatsapp.net"
+
+
 def _first(kind: str, candidates: list[str | None]) -> str | None:
     for candidate in candidates:
         jid = normalize_jid(candidate)

@@ -51,6 +51,12 @@ fn phone_key(digits: &str) -> String {
     jid::phone_key(digits)
 }
 
+#[pyfunction]
+#[pyo3(signature = (jid))]
+fn phone_variant(jid: Option<&str>) -> Option<String> {
+    jid.and_then(jid::phone_variant)
+}
+
 type Resolved = (
     Option<String>,
     &'static str,
@@ -107,6 +113,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(jid_kind, m)?)?;
     m.add_function(wrap_pyfunction!(phone_digits, m)?)?;
     m.add_function(wrap_pyfunction!(phone_key, m)?)?;
+    m.add_function(wrap_pyfunction!(phone_variant, m)?)?;
     m.add_function(wrap_pyfunction!(resolve_addresses, m)?)?;
     Ok(())
 }

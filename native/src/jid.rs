@@ -1,5 +1,6 @@
 //! WhatsApp JIDs as Evolution / Baileys deliver them (webhook doc §7): canonical form, kind,
-//! phone digits, the equivalence key of one person's numbers, and the robust chat/sender rule.
+//! phone digits, the equivalence key of one person's numbers and the other form of a number,
+//! and the robust chat/sender rule.
 
 use std::borrow::Cow;
 
@@ -166,6 +167,59 @@ pub fn phone_key(number: &str) -> String {
         }
     }
     d
+}
+
+/// The other form of one person's number, as digits: Brazil with / without the 9 after the
+/// DDD, Mexico with / without the `1` after 52, Argentina with / without the `9` after 54
+/// (Evolution's onWhatsappCache treats them as one person, webhook doc §7). Only numbers
+/// that can have a twin qualify, so the result is an involution: the variant's variant is the
+/// number again.
+/// - BR: `55 DD 9 XXXXXXXX` <-> `55 DD XXXXXXXX` when `XXXXXXXX` is a mobile number (starts with
+///   6-9; landlines, 2-5, never got the 9) and the DDD has no 0 (no Brazilian area code does).
+/// - MX: `52 1 NNNNNNNNNN` <-> `52 NNNNNNNNNN`, `N...` a national number (starts with 2-9).
+/// - AR: `54 9 NNNNNNNNNN` <-> `54 NNNNNNNNNN`, `N...` a geographic number (starts with 1-3).
+pub fn digits_variant(d: &str) -> Option<String> {
+    let b = d.as_bytes();
+    if !is_digits(d) || !(b.len() == 12 || b.len() == 13) {
+        return None;
+    }
+    let within = |i: usize, lo: u8, hi: u8| b.get(i).is_some_and(|c| (lo..=hi).contains(c));
+    let long = b.len() == 13;
+    match &d[..2] {
+        "55" if within(2, b'1', b'9') && within(3, b'1', b'9') => {
+            if long && b[4] == b'9' && within(5, b'6', b'9') {
+                Some(format!("{}{}", &d[..4], &d[5..]))
+            } else if !long && within(4, b'6', b'9') {
+                Some(format!("{}9{}", &d[..4], &d[4..]))
+            } else {
+                None
+            }
+        }
+        "52" => mobile_prefix_variant(d, b'1', b'2', b'9'),
+        "54" => mobile_prefix_variant(d, b'9', b'1', b'3'),
+        _ => None,
+    }
+}
+
+/// `CC P NNNNNNNNNN` <-> `CC NNNNNNNNNN` (12/13 digits, `P` the mobile prefix, `N...` starting
+/// within `lo..=hi`).
+fn mobile_prefix_variant(d: &str, prefix: u8, lo: u8, hi: u8) -> Option<String> {
+    let b = d.as_bytes();
+    if b.len() == 13 && b[2] == prefix && (lo..=hi).contains(&b[3]) {
+        Some(format!("{}{}", &d[..2], &d[3..]))
+    } else if b.len() == 12 && (lo..=hi).contains(&b[2]) {
+        Some(format!("{}{}{}", &d[..2], prefix as char, &d[2..]))
+    } else {
+        None
+    }
+}
+
+/// The JID of the other form of a user JID's number (see `digits_variant`), canonical; None
+/// when the JID names no phone number or the number has no second form.
+pub fn phone_variant(jid: &str) -> Option<String> {
+    let canonical = normalize(jid)?;
+    let user = canonical.strip_suffix("@s.whatsapp.net")?;
+    digits_variant(user).map(|v| v + "@s.whatsapp.net")
 }
 
 /// The key fields of a message, as received.
@@ -368,6 +422,52 @@ mod tests {
     }
 
     #[test]
+    fn variants() {
+        let v = |s: &str| phone_variant(s);
+        let jid = |d: &str| Some(format!("{d}@s.whatsapp.net"));
+        // BR: mobile with and without the 9th digit, either way, any input form
+        assert_eq!(v("5531998765432@s.whatsapp.net"), jid("553198765432"));
+        assert_eq!(v("553198765432@s.whatsapp.net"), jid("5531998765432"));
+        assert_eq!(v("553198765432:7@c.us"), jid("5531998765432"));
+        assert_eq!(v("5511987654321@s.whatsapp.net"), jid("551187654321"));
+        assert_eq!(v("551161234567@s.whatsapp.net"), jid("5511961234567"));
+        // BR landlines (2-5) never had the 9; 9 + landline digits is no old mobile either
+        assert_eq!(v("551132345678@s.whatsapp.net"), None);
+        assert_eq!(v("5511932345678@s.whatsapp.net"), None);
+        // BR: no DDD has a 0; 13 digits without the 9 after the DDD
+        assert_eq!(v("550198765432@s.whatsapp.net"), None);
+        assert_eq!(v("5510998765432@s.whatsapp.net"), None);
+        assert_eq!(v("5531898765432@s.whatsapp.net"), None);
+        // MX 1, AR 9
+        assert_eq!(v("5215512345678@s.whatsapp.net"), jid("525512345678"));
+        assert_eq!(v("525512345678@s.whatsapp.net"), jid("5215512345678"));
+        assert_eq!(v("5491123456789@s.whatsapp.net"), jid("541123456789"));
+        assert_eq!(v("541123456789@s.whatsapp.net"), jid("5491123456789"));
+        assert_eq!(v("5251234567890@s.whatsapp.net"), None);
+        assert_eq!(v("521123456789@s.whatsapp.net"), None);
+        assert_eq!(v("5481123456789@s.whatsapp.net"), None);
+        assert_eq!(v("549123456789@s.whatsapp.net"), None);
+        // other countries, lengths, servers
+        assert_eq!(v("14155550100@s.whatsapp.net"), None);
+        assert_eq!(v("55319987654321@s.whatsapp.net"), None);
+        assert_eq!(v("5531998765432@lid"), None);
+        assert_eq!(v("5531998765432-1600000000@g.us"), None);
+        assert_eq!(v("5531998765432@hosted"), None);
+        assert_eq!(v("5531998765432"), jid("553198765432"));
+        assert_eq!(v(""), None);
+        for d in [
+            "5531998765432",
+            "553198765432",
+            "5215512345678",
+            "541123456789",
+        ] {
+            let other = digits_variant(d).unwrap();
+            assert_eq!(digits_variant(&other).as_deref(), Some(d));
+            assert_eq!(phone_key(&other), phone_key(d));
+        }
+    }
+
+    #[test]
     fn dm_with_lid_and_phone() {
         let a = resolve_addresses(&KeyFields {
             remote_jid: Some("123456789012345@lid"),
@@ -501,6 +601,8 @@ mod tests {
             let _ = jid_kind(s);
             let _ = phone_digits(s);
             let _ = phone_key(s);
+            let _ = phone_variant(s);
+            let _ = digits_variant(s);
             let _ = resolve_addresses(&KeyFields {
                 remote_jid: Some(s),
                 participant: Some(s),

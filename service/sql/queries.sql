@@ -30,7 +30,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_messages (
     tenant_id uuid, instance_id uuid, message_id text, has_content boolean, chat_jid text,
     chat_type text, sender_jid text, sender_phone text, from_me boolean, push_name text,
     type text, text text, quoted_message_id text, message_ts timestamptz, status smallint,
-    edited_text text, edit_ts bigint, deleted boolean, reactions text
+    edited_text text, edit_ts bigint, deleted boolean, reactions text, chat_variant text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_lid (
     tenant_id uuid, lid_jid text, phone_jid text, ord bigint GENERATED ALWAYS AS IDENTITY
@@ -114,19 +114,52 @@ ON CONFLICT (tenant_id, instance_id, chat_jid) DO UPDATE SET
 -- (duplicates change nothing). Status: only forward. Edit: newest wins. Deleted: sticky.
 -- Reactions: newest per reactor. Returns the rows that changed; `created` is true for rows
 -- whose content arrived in this transaction.
+-- One person, one chat (webhook doc §7: BR with / without the 9th digit, MX 1, AR 9): a user
+-- chat whose number has a second form (chat_variant) is filed under the form this instance
+-- already has a chat for (its own form first, so nothing filed moves); when neither exists yet
+-- and this batch brings both, both land on the longer form whatever their order. Later
+-- messages then find that chat, so the first form stored stays the conversation's JID.
 WITH consumed AS (
     DELETE FROM stage_messages RETURNING *
 ),
+batch_forms AS (
+    SELECT DISTINCT tenant_id, instance_id, chat_jid
+    FROM consumed
+    WHERE has_content AND chat_variant IS NOT NULL
+),
+placed AS (
+    SELECT s.*,
+           CASE WHEN s.chat_variant IS NULL OR own.chat_jid IS NOT NULL THEN s.chat_jid
+                WHEN other.chat_jid IS NOT NULL THEN s.chat_variant
+                WHEN bv.chat_jid IS NOT NULL AND length(s.chat_variant) > length(s.chat_jid)
+                    THEN s.chat_variant
+                ELSE s.chat_jid END AS filed_jid
+    FROM consumed AS s
+    LEFT JOIN chats AS own
+        ON s.chat_variant IS NOT NULL AND own.tenant_id = s.tenant_id
+       AND own.instance_id = s.instance_id AND own.chat_jid = s.chat_jid
+    LEFT JOIN chats AS other
+        ON s.chat_variant IS NOT NULL AND other.tenant_id = s.tenant_id
+       AND other.instance_id = s.instance_id AND other.chat_jid = s.chat_variant
+    LEFT JOIN batch_forms AS bv
+        ON s.chat_variant IS NOT NULL AND bv.tenant_id = s.tenant_id
+       AND bv.instance_id = s.instance_id AND bv.chat_jid = s.chat_variant
+),
 staged AS (
     SELECT s.tenant_id, s.instance_id, s.message_id, s.has_content,
-           CASE WHEN lc.phone_jid IS NOT NULL THEN lc.phone_jid ELSE s.chat_jid END AS chat_jid,
+           CASE WHEN lc.phone_jid IS NOT NULL THEN lc.phone_jid ELSE s.filed_jid END AS chat_jid,
            CASE WHEN lc.phone_jid IS NOT NULL THEN 'user' ELSE s.chat_type END AS chat_type,
-           coalesce(ls.phone_jid, s.sender_jid) AS sender_jid,
+           -- the sender of a message in a 1:1 chat is that chat: it shows one way too
+           CASE WHEN ls.phone_jid IS NOT NULL THEN ls.phone_jid
+                WHEN s.filed_jid <> s.chat_jid AND s.sender_jid = s.chat_jid THEN s.filed_jid
+                ELSE s.sender_jid END AS sender_jid,
            CASE WHEN ls.phone_jid IS NOT NULL THEN split_part(ls.phone_jid, '@', 1)
+                WHEN s.filed_jid <> s.chat_jid AND s.sender_jid = s.chat_jid
+                    THEN split_part(s.filed_jid, '@', 1)
                 ELSE s.sender_phone END AS sender_phone,
            s.from_me, s.push_name, s.type, s.text, s.quoted_message_id, s.message_ts, s.status,
            s.edited_text, s.edit_ts, s.deleted, s.reactions::jsonb AS reactions
-    FROM consumed AS s
+    FROM placed AS s
     LEFT JOIN lid_map AS lc
         ON s.chat_type = 'lid' AND lc.tenant_id = s.tenant_id AND lc.lid_jid = s.chat_jid
     LEFT JOIN lid_map AS ls
@@ -199,16 +232,46 @@ SELECT tenant_id, instance_id, message_id, has_content, created, analysis_state 
 
 -- name: upsert_contacts
 -- Several rows for one contact in a batch merge like consecutive upserts would: the latest
--- non-null value of each field wins.
+-- non-null value of each field wins. A number with a second form (BR 9th digit, MX 1, AR 9)
+-- is filed under the form this instance knows (a contact or chat of its own form first, then
+-- of the other), else, both forms in this batch, under the longer: one person, one contact,
+-- named like their chat (upsert_messages).
 WITH staged AS (
     DELETE FROM stage_contacts RETURNING *
+),
+forms AS (
+    SELECT s.*, sense_phone_variant(s.jid) AS variant FROM staged AS s
+),
+placed AS (
+    SELECT f.tenant_id, f.instance_id, f.push_name, f.profile_pic_url, f.ord,
+           CASE WHEN f.variant IS NULL
+                  OR EXISTS (SELECT 1 FROM contacts AS x
+                             WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
+                               AND x.jid = f.jid)
+                  OR EXISTS (SELECT 1 FROM chats AS x
+                             WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
+                               AND x.chat_jid = f.jid)
+                    THEN f.jid
+                WHEN EXISTS (SELECT 1 FROM contacts AS x
+                             WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
+                               AND x.jid = f.variant)
+                  OR EXISTS (SELECT 1 FROM chats AS x
+                             WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
+                               AND x.chat_jid = f.variant)
+                  OR (length(f.variant) > length(f.jid)
+                      AND EXISTS (SELECT 1 FROM forms AS g
+                                  WHERE g.tenant_id = f.tenant_id
+                                    AND g.instance_id = f.instance_id AND g.jid = f.variant))
+                    THEN f.variant
+                ELSE f.jid END AS jid
+    FROM forms AS f
 )
 INSERT INTO contacts AS c (tenant_id, instance_id, jid, push_name, profile_pic_url)
 SELECT tenant_id, instance_id, jid,
        (array_agg(push_name ORDER BY ord DESC) FILTER (WHERE push_name IS NOT NULL))[1],
        (array_agg(profile_pic_url ORDER BY ord DESC)
             FILTER (WHERE profile_pic_url IS NOT NULL))[1]
-FROM staged
+FROM placed
 GROUP BY tenant_id, instance_id, jid
 ORDER BY tenant_id, instance_id, jid  -- rows lock in key order across processes
 ON CONFLICT (tenant_id, instance_id, jid) DO UPDATE SET
@@ -220,6 +283,8 @@ ON CONFLICT (tenant_id, instance_id, jid) DO UPDATE SET
 -- 2.3.7 still sends chats.* with the @lid after its upserts named the phone (and lost the LID).
 -- An @lid whose phone is known is that phone's chat; one we cannot place only updates a lid
 -- chat that messages created, so it never shows up as a second, empty chat of the same person.
+-- Likewise a number with a second form (BR 9th digit, MX 1, AR 9) updates the chat of the form
+-- this instance has (its own first), else, both forms in this batch, the longer one.
 WITH staged AS (
     DELETE FROM stage_chats RETURNING *
 ),
@@ -234,13 +299,35 @@ resolved AS (
        OR EXISTS (SELECT 1 FROM chats AS x
                   WHERE x.tenant_id = s.tenant_id AND x.instance_id = s.instance_id
                     AND x.chat_jid = s.chat_jid)
+),
+forms AS (
+    SELECT r.*, CASE WHEN r.chat_type = 'user' THEN sense_phone_variant(r.chat_jid) END AS variant
+    FROM resolved AS r
+),
+placed AS (
+    SELECT f.tenant_id, f.instance_id, f.chat_type, f.name, f.unread, f.deleted, f.ord,
+           CASE WHEN f.variant IS NULL OR own.chat_jid IS NOT NULL THEN f.chat_jid
+                WHEN other.chat_jid IS NOT NULL THEN f.variant
+                WHEN length(f.variant) > length(f.chat_jid)
+                     AND EXISTS (SELECT 1 FROM forms AS g
+                                 WHERE g.tenant_id = f.tenant_id
+                                   AND g.instance_id = f.instance_id AND g.chat_jid = f.variant)
+                    THEN f.variant
+                ELSE f.chat_jid END AS chat_jid
+    FROM forms AS f
+    LEFT JOIN chats AS own
+        ON f.variant IS NOT NULL AND own.tenant_id = f.tenant_id
+       AND own.instance_id = f.instance_id AND own.chat_jid = f.chat_jid
+    LEFT JOIN chats AS other
+        ON f.variant IS NOT NULL AND other.tenant_id = f.tenant_id
+       AND other.instance_id = f.instance_id AND other.chat_jid = f.variant
 )
 INSERT INTO chats AS c (tenant_id, instance_id, chat_jid, chat_type, name, unread, deleted)
 SELECT tenant_id, instance_id, chat_jid, (array_agg(chat_type ORDER BY ord DESC))[1],
        (array_agg(name ORDER BY ord DESC) FILTER (WHERE name IS NOT NULL))[1],
        (array_agg(unread ORDER BY ord DESC) FILTER (WHERE unread IS NOT NULL))[1],
        (array_agg(deleted ORDER BY ord DESC))[1]
-FROM resolved
+FROM placed
 GROUP BY tenant_id, instance_id, chat_jid
 ORDER BY tenant_id, instance_id, chat_jid  -- rows lock in key order across processes
 ON CONFLICT (tenant_id, instance_id, chat_jid) DO UPDATE SET
@@ -314,7 +401,7 @@ LIMIT $1
 SELECT * FROM messages
 WHERE tenant_id = $1 AND has_content
   AND ($2::uuid IS NULL OR instance_id = $2)
-  AND ($3::text IS NULL OR chat_jid = $3)
+  AND ($3::text[] IS NULL OR chat_jid = ANY($3))  -- a chat in every form it may be filed as
   AND ($4::timestamptz IS NULL OR (message_ts, seq) < ($4, $5::bigint))
 ORDER BY message_ts DESC, seq DESC
 LIMIT $6
@@ -361,12 +448,17 @@ FROM instances AS i JOIN sources AS s USING (source_id)
 WHERE s.secret_hash = $1 AND i.name = $2
 
 -- name: naive_insert_message
--- Benchmark baseline only: one row, one statement, one transaction.
+-- Benchmark baseline only: one row, one statement, one transaction. $20 is the chat's other
+-- number form (MessageOp.record): filed under it when that form already has messages.
 INSERT INTO messages (tenant_id, instance_id, message_id, has_content, chat_jid, chat_type,
                       sender_jid, sender_phone, from_me, push_name, type, text,
                       quoted_message_id, message_ts, status, edited_text, edit_ts, deleted,
                       reactions)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-        $19::jsonb)
+VALUES ($1, $2, $3, $4,
+        CASE WHEN EXISTS (SELECT 1 FROM messages AS v
+                          WHERE v.tenant_id = $1 AND v.instance_id = $2 AND v.chat_jid = $20
+                            AND v.has_content)
+             THEN $20::text ELSE $5 END,
+        $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19::jsonb)
 ON CONFLICT (tenant_id, instance_id, message_id) DO UPDATE
 SET status = GREATEST(messages.status, EXCLUDED.status)

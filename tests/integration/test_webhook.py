@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import asyncpg
 import httpx
@@ -552,3 +553,152 @@ async def test_chats_for_an_unplaced_lid_only_update_an_existing_lid_chat(
     assert (await deployment.post(named)).status_code == 200
     [chat] = (await deployment.get("/api/v1/chats", "acme")).json()["items"]
     assert (chat["chat_jid"], chat["chat_type"], chat["name"]) == (lid, "lid", "Sem telefone")
+
+
+# --- one person, two number forms (§7: BR 9th digit, MX 1, AR 9) --------------------------
+
+
+def sent(instance: str, message_id: str, remote: str, text: str = "Olá") -> dict[str, Any]:
+    body = upsert(instance, message_id, text, remote=remote, key={"fromMe": True})
+    body["event"] = "send.message"
+    return body
+
+
+async def test_one_person_in_two_number_forms_is_one_conversation(
+    deployment: Deployment, conn: asyncpg.Connection
+) -> None:
+    short, long = "553198765432@s.whatsapp.net", "5531998765432@s.whatsapp.net"
+    await deployment.post(sent("acme-main", "BAE5VAR1", short, "seu pedido saiu"))
+    await deployment.post(upsert("acme-main", "VAR2", "obrigado", remote=long))
+    await deployment.post(upsert("acme-main", "VAR2", "obrigado", remote=long))  # a retry
+    await deployment.post(upsert("acme-main", "OTHER1", remote="553132345678@s.whatsapp.net"))
+    reply = (await deployment.message("acme", "acme-main", "VAR2")).json()
+    assert (reply["chat_jid"], reply["sender_jid"], reply["sender_phone"]) == (
+        short,
+        short,
+        "553198765432",
+    )
+    chats = (await deployment.get("/api/v1/chats", "acme")).json()["items"]
+    assert sorted(c["chat_jid"] for c in chats) == ["553132345678@s.whatsapp.net", short]
+    # the read API finds the conversation by either form, @c.us or a device suffix
+    for chat in (
+        short,
+        long,
+        "5531998765432@c.us",
+        "553198765432:7@s.whatsapp.net",
+        " 5531998765432",
+    ):
+        listing = (await deployment.get("/api/v1/messages", "acme", chat=chat)).json()
+        assert [m["message_id"] for m in listing["items"]] == ["VAR2", "BAE5VAR1"], chat
+    assert (await deployment.get("/api/v1/messages", "acme", chat="João")).json()["items"] == []
+    # chats.* and contacts.* naming the other form update that chat and contact
+    for event, data in (
+        ("chats.update", [{"remoteJid": long, "unreadMessages": 2}]),
+        ("contacts.upsert", [{"remoteJid": long, "pushName": "Cliente"}]),
+    ):
+        body = {"event": event, "instance": "acme-main", "data": data}
+        assert (await deployment.post(body)).status_code == 200
+    chats = (await deployment.get("/api/v1/chats", "acme")).json()["items"]
+    assert [(c["chat_jid"], c["unread"]) for c in chats if c["chat_jid"] != short] == [
+        ("553132345678@s.whatsapp.net", None)
+    ]
+    assert [c["unread"] for c in chats if c["chat_jid"] == short] == [2]
+    contacts = await conn.fetch("SELECT jid, push_name FROM contacts")
+    assert [tuple(c) for c in contacts] == [(short, "Cliente")]
+
+
+async def _write(conn: asyncpg.Connection, *bodies: dict[str, Any], instance: Any) -> None:
+    """The bodies' rows in one transaction, as one group-commit batch writes them."""
+    from service import db, payloads
+    from service.events import Ops, build_ops
+    from service.ingest import write_in
+
+    ops = Ops()
+    for body in bodies:
+        envelope = payloads.envelope_decoder.decode(msgspec.json.encode(body))
+        ops.extend(build_ops(envelope, instance, 1_781_500_000_000).ops)
+    await conn.execute(db.q("create_staging"))
+    async with conn.transaction():
+        await write_in(conn, ops)
+
+
+async def test_both_forms_of_a_new_person_in_one_batch_meet_on_the_longer_one(
+    conn: asyncpg.Connection,
+) -> None:
+    from service.resolve import Instance
+
+    pairs = [
+        ("553198765432@s.whatsapp.net", "5531998765432@s.whatsapp.net"),
+        ("525512345678@s.whatsapp.net", "5215512345678@s.whatsapp.net"),
+        ("541123456789@s.whatsapp.net", "5491123456789@s.whatsapp.net"),
+    ]
+    tenant = uuid.uuid4()
+    for short, long in pairs:
+        for first, second in ((short, long), (long, short)):
+            inst = Instance(tenant, uuid.uuid4(), uuid.uuid4(), "x", None)
+            bodies = (
+                upsert("x", "B1", remote=first),
+                sent("x", "B2", second),
+                {"event": "chats.upsert", "instance": "x", "data": [{"remoteJid": short}]},
+                {"event": "contacts.upsert", "instance": "x", "data": [{"remoteJid": second}]},
+                {"event": "contacts.upsert", "instance": "x", "data": [{"remoteJid": first}]},
+            )
+            for _ in range(2):  # a replay of the batch changes nothing
+                await _write(conn, *bodies, instance=inst)
+                got = await conn.fetch(
+                    "SELECT message_id, chat_jid FROM messages WHERE instance_id = $1 "
+                    "ORDER BY message_id",
+                    inst.instance_id,
+                )
+                assert [tuple(r) for r in got] == [("B1", long), ("B2", long)], (first, second)
+                for query in (
+                    "SELECT chat_jid FROM chats WHERE instance_id = $1",
+                    "SELECT jid FROM contacts WHERE instance_id = $1",
+                ):
+                    assert [r[0] for r in await conn.fetch(query, inst.instance_id)] == [long]
+
+
+async def test_a_person_already_split_in_two_chats_stays_put(conn: asyncpg.Connection) -> None:
+    """Chats filed under both forms before variants were matched: each form keeps its own
+    (nothing filed moves), and the later messages follow the form they name."""
+    from service.resolve import Instance
+
+    short, long = "553198765432@s.whatsapp.net", "5531998765432@s.whatsapp.net"
+    inst = Instance(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), "x", None)
+    for jid in (short, long):
+        await conn.execute(
+            "INSERT INTO chats (tenant_id, instance_id, chat_jid, chat_type) "
+            "VALUES ($1, $2, $3, 'user')",
+            inst.tenant_id,
+            inst.instance_id,
+            jid,
+        )
+    await _write(
+        conn, upsert("x", "S1", remote=short), upsert("x", "L1", remote=long), instance=inst
+    )
+    got = await conn.fetch("SELECT message_id, chat_jid FROM messages ORDER BY message_id")
+    assert [tuple(r) for r in got] == [("L1", long), ("S1", short)]
+
+
+async def test_sql_phone_variant_matches_the_native_one(conn: asyncpg.Connection) -> None:
+    """chats.* and contacts.* place a number with sense_phone_variant (migration 0007), messages
+    with the native phone_variant: the two must agree."""
+    import random
+
+    from service._native import phone_variant
+
+    rng = random.Random(7)
+    digits = [
+        "".join(rng.choice("0123456789") for _ in range(rng.choice([10, 11, 12, 13, 14])))
+        for _ in range(300)
+    ]
+    for prefix in ("55", "52", "521", "54", "549", "5511", "55319", "5531"):
+        for _ in range(150):
+            rest = 13 - len(prefix) - rng.choice([0, 1])
+            digits.append(prefix + "".join(rng.choice("0123456789") for _ in range(rest)))
+    jids = [d + "@s.whatsapp.net" for d in digits] + [d + "@lid" for d in digits[:50]]
+    rows = await conn.fetch("SELECT j, sense_phone_variant(j) FROM unnest($1::text[]) AS j", jids)
+    assert len(rows) == len(jids)
+    mismatches = [(j, v, phone_variant(j)) for j, v in rows if v != phone_variant(j)]
+    assert mismatches == []
+    assert sum(v is not None for _, v in rows) > 300  # the samples do reach every rule

@@ -9,7 +9,16 @@ import msgspec
 import pytest
 
 from service import payloads as p
-from service.events import STATUS_RANK, UNTIMED_EDIT, Built, build_ops, status_rank
+from service.events import (
+    MESSAGE_COLUMNS,
+    STATUS_RANK,
+    UNTIMED_EDIT,
+    Built,
+    MessageOp,
+    build_ops,
+    merge_message_ops,
+    status_rank,
+)
 from service.resolve import Instance
 
 INST = Instance(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), "acme-main", None)
@@ -170,3 +179,61 @@ def test_poll_vote_is_kept_as_an_event_not_a_message() -> None:
     kept = msgspec.json.decode(event[3])
     assert kept["key"]["id"] == "VOTE1"
     assert kept["pollUpdateMessage"]["pollCreationMessageKey"]["id"] == "POLL1"
+
+
+def _text(remote: str, message_id: str = "V1", **key: Any) -> dict[str, Any]:
+    return {
+        "key": {"remoteJid": remote, "fromMe": False, "id": message_id, **key},
+        "message": {"conversation": "oi"},
+        "messageTimestamp": 1781500100,
+    }
+
+
+@pytest.mark.parametrize(
+    ("remote", "key", "chat", "variant"),
+    [
+        # §7: one person's number in its other form (BR 9th digit, MX 1, AR 9)
+        ("553198765432@s.whatsapp.net", {}, "553198765432", "5531998765432"),
+        ("5531998765432:3@c.us", {}, "5531998765432", "553198765432"),
+        ("5215512345678@s.whatsapp.net", {}, "5215512345678", "525512345678"),
+        ("541123456789@s.whatsapp.net", {}, "541123456789", "5491123456789"),
+        # a LID told its phone by remoteJidAlt: the phone's chat, and its other form
+        (LID, {"remoteJidAlt": "553198765432@s.whatsapp.net"}, "553198765432", "5531998765432"),
+        # no second form: a landline, another country, a group, a LID without phone
+        ("553132345678@s.whatsapp.net", {}, "553132345678", None),
+        ("14155550100@s.whatsapp.net", {}, "14155550100", None),
+        (
+            "5531998765432-1600000000@g.us",
+            {"participant": "553198765432@s.whatsapp.net"},
+            None,
+            None,
+        ),
+        (LID, {}, None, None),
+    ],
+)
+def test_a_user_chat_carries_the_other_form_of_its_number(
+    remote: str, key: dict[str, Any], chat: str | None, variant: str | None
+) -> None:
+    [op] = build("messages.upsert", _text(remote, **key)).ops.messages
+    if chat is not None:
+        assert (op.chat_jid, op.chat_type) == (f"{chat}@s.whatsapp.net", "user")
+    assert op.chat_variant == (None if variant is None else f"{variant}@s.whatsapp.net")
+    # the staging row carries it in the column the upsert reads
+    record = dict(zip(MESSAGE_COLUMNS, op.record(), strict=True))
+    assert record["chat_variant"] == op.chat_variant
+    assert record["chat_jid"] == op.chat_jid
+
+
+def test_an_annotation_names_no_chat_and_no_variant() -> None:
+    receipt = {"keyId": "V1", "remoteJid": "553198765432@s.whatsapp.net", "status": "READ"}
+    [op] = build("messages.update", receipt).ops.messages
+    assert (op.chat_jid, op.chat_variant, op.has_content) == (None, None, False)
+
+
+def test_the_variant_goes_with_the_content_when_ops_merge() -> None:
+    [content] = build("messages.upsert", _text("553198765432@s.whatsapp.net")).ops.messages
+    receipt = MessageOp(content.tenant_id, content.instance_id, "V1", status=STATUS_RANK["READ"])
+    for merged in (merge_message_ops(content, receipt), merge_message_ops(receipt, content)):
+        assert merged.chat_variant == "5531998765432@s.whatsapp.net"
+        assert merged.chat_jid == "553198765432@s.whatsapp.net"
+        assert merged.status == STATUS_RANK["READ"]

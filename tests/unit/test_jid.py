@@ -205,3 +205,77 @@ def test_from_me_swapped_to_the_owner_keeps_the_contact(impl: ModuleType) -> Non
     phone = "5511987654321@s.whatsapp.net"
     incoming = impl.resolve_addresses(phone, previous_remote_jid=contact_lid, owner_jid=phone)
     assert incoming[0] == phone and incoming[4] == [(contact_lid, phone)]
+
+
+# --- the other form of one person's number (§7 "match both variants") ---------------------
+
+
+def _jid(digits: str) -> str:
+    return digits + "@s.whatsapp.net"
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    ("raw", "variant"),
+    [
+        # BR: a mobile with and without the 9th digit, either way, in any input form
+        (_jid("5531998765432"), _jid("553198765432")),
+        (_jid("553198765432"), _jid("5531998765432")),
+        ("553198765432:7@c.us", _jid("5531998765432")),
+        (" 5511987654321@S.WHATSAPP.NET", _jid("551187654321")),
+        (_jid("551161234567"), _jid("5511961234567")),
+        # BR landlines (2-5 after the DDD) never got the 9, and 9 + landline is no old mobile
+        (_jid("551132345678"), None),
+        (_jid("5511932345678"), None),
+        (_jid("550198765432"), None),  # no DDD has a 0
+        (_jid("5531898765432"), None),  # 13 digits without the 9 after the DDD
+        # MX 1, AR 9
+        (_jid("5215512345678"), _jid("525512345678")),
+        (_jid("525512345678"), _jid("5215512345678")),
+        (_jid("5491123456789"), _jid("541123456789")),
+        (_jid("541123456789"), _jid("5491123456789")),
+        (_jid("5251234567890"), None),
+        (_jid("521123456789"), None),
+        (_jid("549123456789"), None),
+        # other countries and lengths, not a user JID, nothing
+        (_jid("14155550100"), None),
+        (_jid("55319987654321"), None),
+        ("5531998765432@lid", None),
+        ("5531998765432-1600000000@g.us", None),
+        ("5531998765432@hosted", None),
+        ("5531998765432", _jid("553198765432")),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_phone_variant_examples(impl: ModuleType, raw: str | None, variant: str | None) -> None:
+    assert impl.phone_variant(raw) == variant
+
+
+variant_numbers = st.one_of(
+    st.from_regex(r"\A55[0-9]{2}9?[0-9]{8}\Z"),
+    st.from_regex(r"\A5[24][19]?[0-9]{10}\Z"),
+    st.from_regex(r"\A[0-9]{11,14}\Z"),
+)
+
+
+@given(variant_numbers, suffixes, st.sampled_from(["s.whatsapp.net", "c.us", "lid", "g.us"]))
+def test_phone_variant_matches_reference(digits: str, suffix: str, server: str) -> None:
+    for jid in (f"{digits}{suffix}@{server}", digits):
+        assert _native.phone_variant(jid) == jid_reference.phone_variant(jid)
+
+
+@given(variant_numbers)
+def test_phone_variant_is_one_person_both_ways(digits: str) -> None:
+    variant = _native.phone_variant(_jid(digits))
+    if variant is None:
+        return
+    other = variant.removesuffix("@s.whatsapp.net")
+    assert other != digits and {len(other), len(digits)} == {12, 13}
+    assert _native.phone_variant(variant) == _jid(digits)
+    assert _native.phone_key(other) == _native.phone_key(digits)
+
+
+@given(jids)
+def test_phone_variant_of_anything_matches_reference(jid: str | None) -> None:
+    assert _native.phone_variant(jid) == jid_reference.phone_variant(jid)
