@@ -135,12 +135,21 @@ placed AS (
                     THEN s.chat_variant
                 ELSE s.chat_jid END AS filed_jid
     FROM consumed AS s
-    LEFT JOIN chats AS own
-        ON s.chat_variant IS NOT NULL AND own.tenant_id = s.tenant_id
-       AND own.instance_id = s.instance_id AND own.chat_jid = s.chat_jid
-    LEFT JOIN chats AS other
-        ON s.chat_variant IS NOT NULL AND other.tenant_id = s.tenant_id
-       AND other.instance_id = s.instance_id AND other.chat_jid = s.chat_variant
+    -- One primary-key probe per staged row. As plain joins the planner, which has no
+    -- statistics on the staging table, hashes all of chats / lid_map on every flush; OFFSET 0
+    -- keeps each lookup a lateral subquery (LIMIT 1 would be dropped on a unique key).
+    LEFT JOIN LATERAL (
+        SELECT x.chat_jid FROM chats AS x
+        WHERE s.chat_variant IS NOT NULL AND x.tenant_id = s.tenant_id
+          AND x.instance_id = s.instance_id AND x.chat_jid = s.chat_jid
+        OFFSET 0
+    ) AS own ON true
+    LEFT JOIN LATERAL (
+        SELECT x.chat_jid FROM chats AS x
+        WHERE s.chat_variant IS NOT NULL AND x.tenant_id = s.tenant_id
+          AND x.instance_id = s.instance_id AND x.chat_jid = s.chat_variant
+        OFFSET 0
+    ) AS other ON true
     LEFT JOIN batch_forms AS bv
         ON s.chat_variant IS NOT NULL AND bv.tenant_id = s.tenant_id
        AND bv.instance_id = s.instance_id AND bv.chat_jid = s.chat_variant
@@ -160,10 +169,17 @@ staged AS (
            s.from_me, s.push_name, s.type, s.text, s.quoted_message_id, s.message_ts, s.status,
            s.edited_text, s.edit_ts, s.deleted, s.reactions::jsonb AS reactions
     FROM placed AS s
-    LEFT JOIN lid_map AS lc
-        ON s.chat_type = 'lid' AND lc.tenant_id = s.tenant_id AND lc.lid_jid = s.chat_jid
-    LEFT JOIN lid_map AS ls
-        ON s.sender_jid LIKE '%@lid' AND ls.tenant_id = s.tenant_id AND ls.lid_jid = s.sender_jid
+    LEFT JOIN LATERAL (
+        SELECT l.phone_jid FROM lid_map AS l
+        WHERE s.chat_type = 'lid' AND l.tenant_id = s.tenant_id AND l.lid_jid = s.chat_jid
+        OFFSET 0
+    ) AS lc ON true
+    LEFT JOIN LATERAL (
+        SELECT l.phone_jid FROM lid_map AS l
+        WHERE s.sender_jid LIKE '%@lid' AND l.tenant_id = s.tenant_id
+          AND l.lid_jid = s.sender_jid
+        OFFSET 0
+    ) AS ls ON true
     -- rows lock in key order whatever the join plan (flushers of other processes overlap)
     ORDER BY s.tenant_id, s.instance_id, s.message_id
 ),
@@ -244,20 +260,8 @@ forms AS (
 ),
 placed AS (
     SELECT f.tenant_id, f.instance_id, f.push_name, f.profile_pic_url, f.ord,
-           CASE WHEN f.variant IS NULL
-                  OR EXISTS (SELECT 1 FROM contacts AS x
-                             WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
-                               AND x.jid = f.jid)
-                  OR EXISTS (SELECT 1 FROM chats AS x
-                             WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
-                               AND x.chat_jid = f.jid)
-                    THEN f.jid
-                WHEN EXISTS (SELECT 1 FROM contacts AS x
-                             WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
-                               AND x.jid = f.variant)
-                  OR EXISTS (SELECT 1 FROM chats AS x
-                             WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
-                               AND x.chat_jid = f.variant)
+           CASE WHEN f.variant IS NULL OR own.known THEN f.jid
+                WHEN other.known
                   OR (length(f.variant) > length(f.jid)
                       AND EXISTS (SELECT 1 FROM forms AS g
                                   WHERE g.tenant_id = f.tenant_id
@@ -265,6 +269,28 @@ placed AS (
                     THEN f.variant
                 ELSE f.jid END AS jid
     FROM forms AS f
+    -- primary-key probes, only for numbers with a second form (EXISTS here became a hashed
+    -- subplan: all of contacts and chats read on every flush; see upsert_messages)
+    LEFT JOIN LATERAL (
+        SELECT EXISTS (SELECT 1 FROM contacts AS x
+                       WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
+                         AND x.jid = f.jid OFFSET 0)
+            OR EXISTS (SELECT 1 FROM chats AS x
+                       WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
+                         AND x.chat_jid = f.jid OFFSET 0) AS known
+        WHERE f.variant IS NOT NULL
+        OFFSET 0
+    ) AS own ON true
+    LEFT JOIN LATERAL (
+        SELECT EXISTS (SELECT 1 FROM contacts AS x
+                       WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
+                         AND x.jid = f.variant OFFSET 0)
+            OR EXISTS (SELECT 1 FROM chats AS x
+                       WHERE x.tenant_id = f.tenant_id AND x.instance_id = f.instance_id
+                         AND x.chat_jid = f.variant OFFSET 0) AS known
+        WHERE f.variant IS NOT NULL
+        OFFSET 0
+    ) AS other ON true
 )
 INSERT INTO contacts AS c (tenant_id, instance_id, jid, push_name, profile_pic_url)
 SELECT tenant_id, instance_id, jid,
@@ -293,12 +319,15 @@ resolved AS (
            CASE WHEN l.phone_jid IS NOT NULL THEN 'user' ELSE s.chat_type END AS chat_type,
            s.name, s.unread, s.deleted, s.ord
     FROM staged AS s
-    LEFT JOIN lid_map AS l
-        ON s.chat_type = 'lid' AND l.tenant_id = s.tenant_id AND l.lid_jid = s.chat_jid
+    LEFT JOIN LATERAL (  -- a probe per row, not a hash of lid_map (see upsert_messages)
+        SELECT x.phone_jid FROM lid_map AS x
+        WHERE s.chat_type = 'lid' AND x.tenant_id = s.tenant_id AND x.lid_jid = s.chat_jid
+        OFFSET 0
+    ) AS l ON true
     WHERE s.chat_type <> 'lid' OR l.phone_jid IS NOT NULL
-       OR EXISTS (SELECT 1 FROM chats AS x
+       OR EXISTS (SELECT 1 FROM chats AS x  -- OFFSET 0: a probe, not a hashed subplan
                   WHERE x.tenant_id = s.tenant_id AND x.instance_id = s.instance_id
-                    AND x.chat_jid = s.chat_jid)
+                    AND x.chat_jid = s.chat_jid OFFSET 0)
 ),
 forms AS (
     SELECT r.*, CASE WHEN r.chat_type = 'user' THEN sense_phone_variant(r.chat_jid) END AS variant
@@ -315,12 +344,18 @@ placed AS (
                     THEN f.variant
                 ELSE f.chat_jid END AS chat_jid
     FROM forms AS f
-    LEFT JOIN chats AS own
-        ON f.variant IS NOT NULL AND own.tenant_id = f.tenant_id
-       AND own.instance_id = f.instance_id AND own.chat_jid = f.chat_jid
-    LEFT JOIN chats AS other
-        ON f.variant IS NOT NULL AND other.tenant_id = f.tenant_id
-       AND other.instance_id = f.instance_id AND other.chat_jid = f.variant
+    LEFT JOIN LATERAL (
+        SELECT x.chat_jid FROM chats AS x
+        WHERE f.variant IS NOT NULL AND x.tenant_id = f.tenant_id
+          AND x.instance_id = f.instance_id AND x.chat_jid = f.chat_jid
+        OFFSET 0
+    ) AS own ON true
+    LEFT JOIN LATERAL (
+        SELECT x.chat_jid FROM chats AS x
+        WHERE f.variant IS NOT NULL AND x.tenant_id = f.tenant_id
+          AND x.instance_id = f.instance_id AND x.chat_jid = f.variant
+        OFFSET 0
+    ) AS other ON true
 )
 INSERT INTO chats AS c (tenant_id, instance_id, chat_jid, chat_type, name, unread, deleted)
 SELECT tenant_id, instance_id, chat_jid, (array_agg(chat_type ORDER BY ord DESC))[1],
