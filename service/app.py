@@ -290,6 +290,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         registry.on_new_instances(lambda added: services.spawn(services.replay_for(added)))
         await registry.start(dsn, pool, settings.registry_refresh_seconds)
         # enrichment seam: post-commit hooks go into batcher.hooks here
+        from service import enqueue
+
+        enqueuer = app.state.enqueuer = await enqueue.start(settings)
+        if enqueuer is not None:
+            batcher.hooks.append(enqueuer.hook)
         # stream seam: start the live stream (publisher hook + relay) here
         live = await stream.start(settings, pool, registry)
         app.state.live = live
@@ -305,6 +310,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # Granian stopped accepting; write what is queued before going away.
             await batcher.close()
             # enrichment seam: stop what was started above
+            if enqueuer is not None:
+                await enqueuer.stop()
             # stream seam: stop the live stream here
             await live.stop()
             await registry.stop()

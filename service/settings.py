@@ -35,6 +35,28 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     registry_refresh_seconds: float = 30.0
     log_level: str = "info"
     bench_routes: bool = False  # mount bench/'s null-ceiling and naive-baseline routes
+    # enrichment (workers/): the analyzer provider and how work is queued
+    ai_provider: str = "local"  # local (offline, packaged models) | openai (compatible HTTP API)
+    ai_local_quantize: bool = True  # local embeddings with int8 activations (about 2x faster)
+    ai_base_url: str | None = None  # e.g. https://api.openai.com/v1
+    ai_api_key: str | None = None
+    ai_chat_model: str = "gpt-4o-mini"
+    ai_embedding_model: str = "text-embedding-3-small"
+    ai_timeout_seconds: float = 10.0
+    ai_max_retries: int = 2  # per HTTP call, on 429/5xx/timeouts, with backoff
+    ai_batch_size: int = 20  # messages per chat-completion call
+    ai_circuit_threshold: int = 5  # consecutive failures that open the circuit
+    ai_circuit_cooldown_seconds: float = 30.0
+    enrich_batch_size: int = 256  # message ids per broker message / analyzer batch
+    enrich_max_retries: int = 4
+    enrich_min_backoff_seconds: float = 2.0
+    enrich_max_backoff_seconds: float = 300.0
+    enrich_time_limit_seconds: float = 120.0
+    enqueue_timeout_seconds: float = 0.5
+    enqueue_linger_seconds: float = 0.05  # gather small flushes into one broker message
+    reconcile_age_seconds: float = 120.0  # pending this long: enqueue it again
+    reconcile_interval_seconds: float = 30.0
+    reconcile_max_age_seconds: float = 86_400.0  # pending this long: give up, mark failed
 
     @property
     def base_url(self) -> str:
@@ -47,7 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def redacted(self) -> dict[str, Any]:
         """The settings with secrets blanked, for logs."""
         out = msgspec.structs.asdict(self)
-        for name in ("admin_token", "database_url", "redis_url"):
+        for name in ("admin_token", "database_url", "redis_url", "ai_api_key"):
             if out[name]:
                 out[name] = "***"
         return out
@@ -62,7 +84,21 @@ _POSITIVE = {
     "batch_max_requests",
     "db_pool_size",
     "retry_after_seconds",
+    "ai_timeout_seconds",
+    "ai_batch_size",
+    "ai_circuit_threshold",
+    "ai_circuit_cooldown_seconds",
+    "enrich_batch_size",
+    "enrich_min_backoff_seconds",
+    "enrich_max_backoff_seconds",
+    "enrich_time_limit_seconds",
+    "enqueue_timeout_seconds",
+    "reconcile_age_seconds",
+    "reconcile_interval_seconds",
+    "reconcile_max_age_seconds",
 }
+_NOT_NEGATIVE = {"ai_max_retries", "enrich_max_retries", "enqueue_linger_seconds"}
+AI_PROVIDERS = ("local", "openai")
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -87,6 +123,30 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     for name in _POSITIVE:
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{PREFIX}{name.upper()}: must be greater than 0")
+    for name in _NOT_NEGATIVE:
+        if getattr(settings, name) < 0:
+            raise SettingsError(f"{PREFIX}{name.upper()}: must be 0 or more")
+    _check_enrichment(settings)
     if settings.log_level.lower() not in {"debug", "info", "warning", "error"}:
         raise SettingsError(f"{PREFIX}LOG_LEVEL: must be debug, info, warning or error")
     return settings
+
+
+def _check_enrichment(settings: Settings) -> None:
+    if settings.ai_provider not in AI_PROVIDERS:
+        raise SettingsError(f"{PREFIX}AI_PROVIDER: must be one of {', '.join(AI_PROVIDERS)}")
+    if settings.ai_provider == "openai":
+        url = settings.ai_base_url or ""
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"{PREFIX}AI_BASE_URL: an http(s) URL is required when {PREFIX}AI_PROVIDER=openai"
+            )
+    if settings.enrich_min_backoff_seconds > settings.enrich_max_backoff_seconds:
+        raise SettingsError(
+            f"{PREFIX}ENRICH_MIN_BACKOFF_SECONDS: must not exceed "
+            f"{PREFIX}ENRICH_MAX_BACKOFF_SECONDS"
+        )
+    if settings.reconcile_max_age_seconds <= settings.reconcile_age_seconds:
+        raise SettingsError(
+            f"{PREFIX}RECONCILE_MAX_AGE_SECONDS: must exceed {PREFIX}RECONCILE_AGE_SECONDS"
+        )

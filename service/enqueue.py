@@ -1,0 +1,184 @@
+"""Hand committed messages to the enrichment workers (Dramatiq on Redis), from the web process.
+
+The web process never imports the AI stack, nor the worker's actors: it builds the Dramatiq
+message by queue and actor name (``QUEUE``, ``ACTOR``) and puts it on the broker. The batcher's
+post-commit hook only appends ids to a buffer; one sender task per process takes everything
+waiting and enqueues it as one broker message per ``enrich_batch_size`` ids, in a thread, with
+a short socket timeout. At low load a flush is one or two messages: the sender lingers
+``SENSE_ENQUEUE_LINGER_SECONDS`` (50 ms) so that the flushes of that moment share one broker
+message — per-message overhead in the worker (a fetch, two queries, an inference call) would
+otherwise dominate; under load the buffer fills past a batch and nothing waits. A webhook never
+waits for Redis, and a dead broker costs one failed attempt per back-off period, not one per
+flush.
+Ids that cannot be enqueued are dropped here: their rows stay ``pending`` in Postgres and the
+workers' reconciler enqueues them again once the broker is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from service.ingest import Committed
+
+if TYPE_CHECKING:
+    from dramatiq.brokers.redis import RedisBroker
+
+    from service.settings import Settings
+
+log = logging.getLogger("sense.enqueue")
+
+# The worker side declares its actor under these names (workers/actors.py).
+QUEUE = "sense-enrich"
+ACTOR = "analyze_messages"
+NAMESPACE = "dramatiq"
+
+MAX_BUFFERED = (
+    200_000  # ids waiting while the broker is slow; past it, leave them to the reconciler
+)
+BACKOFF_START = 0.5  # seconds without trying after a failure, doubling up to BACKOFF_MAX
+BACKOFF_MAX = 10.0
+
+Key = tuple[uuid.UUID, uuid.UUID, str]
+
+
+def message_args(keys: list[Key]) -> list[list[str]]:
+    """The actor's one argument: ``[[tenant_id, instance_id, message_id], ...]`` (JSON)."""
+    return [[str(t), str(i), m] for t, i, m in keys]
+
+
+def redis_broker(url: str, timeout: float, middleware: list[Any] | None = None) -> RedisBroker:
+    """A Dramatiq Redis broker whose client fails fast (no client-side retries, short socket
+    timeouts): callers decide what a failure means."""
+    import redis
+    from dramatiq.brokers.redis import RedisBroker
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+    return RedisBroker(client=client, namespace=NAMESPACE, middleware=middleware or [])
+
+
+class Enqueuer:
+    """The batcher's enrichment hook and its single sender task."""
+
+    def __init__(
+        self,
+        broker: Any,
+        *,
+        batch_size: int,
+        linger: float = 0.0,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
+        self.broker = broker
+        self.batch_size = batch_size
+        self.linger = linger
+        self.max_buffered = max_buffered
+        self.sent_messages = 0
+        self.dropped_ids = 0
+        self._buffer: list[Key] = []
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_START
+
+    def start(self) -> None:
+        self.broker.declare_queue(QUEUE)
+        self._task = asyncio.create_task(self._run(), name="sense-enqueue")
+
+    async def hook(self, committed: Committed) -> None:
+        """Post-commit hook: never blocks, never raises."""
+        if not committed.analyzable:
+            return
+        if time.monotonic() < self._retry_at:
+            self.dropped_ids += len(committed.analyzable)  # broker down: the reconciler has them
+            return
+        room = self.max_buffered - len(self._buffer)
+        if room < len(committed.analyzable):
+            self.dropped_ids += len(committed.analyzable) - max(room, 0)
+        if room > 0:
+            self._buffer.extend(committed.analyzable[:room])
+            self._idle.clear()
+            self._wakeup.set()
+
+    async def drain(self, seconds: float) -> None:
+        """Wait (at most ``seconds``) until what is buffered has been handed to the broker."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), seconds)
+
+    async def stop(self, drain_seconds: float = 2.0) -> None:
+        await self.drain(drain_seconds)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            self.broker.client.close()
+
+    async def _run(self) -> None:
+        while True:
+            if not self._buffer:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.linger and len(self._buffer) < self.batch_size:
+                await asyncio.sleep(self.linger)
+            keys, self._buffer = self._buffer, []
+            chunks = [keys[i : i + self.batch_size] for i in range(0, len(keys), self.batch_size)]
+            try:
+                await asyncio.to_thread(self._send, chunks)
+            except Exception as exc:
+                self.dropped_ids += len(keys)
+                self._retry_at = time.monotonic() + self._backoff
+                log.warning(
+                    "enrichment enqueue failed (%s: %s); %d messages left pending for the "
+                    "reconciler, next try in %.1f s",
+                    exc.__class__.__name__,
+                    exc,
+                    len(keys),
+                    self._backoff,
+                )
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            else:
+                self._backoff = BACKOFF_START
+
+    def _send(self, chunks: list[list[Key]]) -> None:
+        import dramatiq
+
+        for chunk in chunks:
+            message: dramatiq.Message[Any] = dramatiq.Message(
+                queue_name=QUEUE,
+                actor_name=ACTOR,
+                args=(message_args(chunk),),
+                kwargs={},
+                options={},
+            )
+            self.broker.enqueue(message)
+            self.sent_messages += 1
+
+
+async def start(settings: Settings) -> Enqueuer | None:
+    """The enqueuer for ``create_app``'s lifespan, or None without SENSE_REDIS_URL (then every
+    message stays ``pending`` until a worker's reconciler finds it)."""
+    if not settings.redis_url:
+        log.warning("no SENSE_REDIS_URL: messages are not analysed until a worker reconciles them")
+        return None
+    broker = redis_broker(settings.redis_url, settings.enqueue_timeout_seconds)
+    enqueuer = Enqueuer(
+        broker, batch_size=settings.enrich_batch_size, linger=settings.enqueue_linger_seconds
+    )
+    enqueuer.start()
+    return enqueuer

@@ -1,0 +1,99 @@
+"""The real server and a real `sense worker` as subprocesses, on real Postgres and Redis:
+webhooks in, analyses and embeddings out, semantic search answered by the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.e2e.conftest import Server, sense, start_server
+from tests.integration.conftest import upsert
+
+WAIT = 60.0
+
+
+@pytest.fixture
+def stack(clean_db: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    server = start_server(clean_db, tmp_path, workers=1, SENSE_REDIS_URL=redis_url)
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker", "--processes", "1", "--threads", "2"],
+        env=server.env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield server, log
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code = worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            code = worker.wait()
+        server.stop()
+    assert code == 0, log.read_text()[-3000:]
+
+
+def test_webhook_to_analysis_and_semantic_search(stack: tuple[Server, Path], clean_db: str) -> None:
+    server, log = stack
+    tenant = sense("tenant", "create", "acme", env=server.env)
+    source = sense("source", "create", "evo", env=server.env)
+    sense("instance", "add", "--tenant", "acme", "--source", "evo", "acme-1", env=server.env)
+    hook = server.url + source["webhook_path"]
+    headers = {"Authorization": f"Bearer {tenant['token']}"}
+    texts = {
+        "W1": "Adorei o atendimento, muito obrigado!",
+        "W2": "Meu pedido ainda não chegou, estou chateado",
+        "W3": "Qual o horário de funcionamento da loja?",
+    }
+    for mid, text in texts.items():
+        assert httpx.post(hook, json=upsert("acme-1", mid, text)).status_code == 200
+
+    deadline = time.monotonic() + WAIT
+    analyses: dict[str, dict[str, object]] = {}
+    while time.monotonic() < deadline and len(analyses) < len(texts):
+        for mid in texts:
+            r = httpx.get(f"{server.url}/api/v1/messages/acme-1/{mid}", headers=headers)
+            if r.status_code == 200 and r.json()["analysis"]["state"] == "done":
+                analyses[mid] = r.json()["analysis"]
+        time.sleep(0.2)
+    assert len(analyses) == len(texts), log.read_text()[-3000:]
+    assert analyses["W1"]["sentiment"] > 0.3 and analyses["W1"]["emotion"] == "gratidão"  # type: ignore[operator]
+    assert analyses["W2"]["sentiment"] < 0  # type: ignore[operator]
+    assert analyses["W3"]["emotion"] == "neutro"
+
+    async def dims() -> list[int]:
+        conn = await asyncpg.connect(clean_db)
+        try:
+            rows = await conn.fetch("SELECT vector_dims(embedding) AS d FROM messages")
+        finally:
+            await conn.close()
+        return [r["d"] for r in rows]
+
+    assert asyncio.run(dims()) == [384, 384, 384]
+
+    # the web process asks the worker for the query's embedding
+    r = httpx.get(
+        server.url + "/api/v1/search",
+        headers=headers,
+        params={"q": "que horas a loja abre", "mode": "semantic", "limit": 3},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    hits = r.json()["items"]
+    assert hits[0]["message"]["message_id"] == "W3"
+    assert hits[0]["score"] > hits[-1]["score"]
+
+    r = httpx.get(server.url + "/api/v1/chats", headers=headers)
+    assert sum(c["analyzed_messages"] for c in r.json()["items"]) == 3

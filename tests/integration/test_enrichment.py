@@ -1,0 +1,330 @@
+"""Enrichment on real Postgres and real Redis: the web process enqueues after commit, one broker
+message per flush; a real worker process (in-process here, the e2e test runs `sense worker`)
+analyses idempotently, retries, fails and dead-letters; the reconciler recovers what a Redis
+outage — really caused by stopping the embedded Redis — left pending."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import dramatiq
+import httpx
+import pytest
+import redis
+from starlette.applications import Starlette
+
+from service.embedded import EmbeddedRedis
+from service.enqueue import ACTOR, NAMESPACE, QUEUE
+from service.settings import Settings, load_settings
+from tests.integration.conftest import ADMIN, Deployment, upsert
+from tests.unit.test_actors import Flaky
+from workers.actors import Enrichment
+from workers.main import WorkerProcess
+from workers.provider import BadAnswer, LocalProvider
+from workers.reconciler import Reconciler
+from workers.store import Store
+
+WAIT = 30.0
+QUEUE_KEY = f"{NAMESPACE}:{QUEUE}"
+
+
+def _settings(database_url: str, redis_url: str, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "admin_token": ADMIN,
+        "enrich_min_backoff_seconds": 0.05,
+        "enrich_max_backoff_seconds": 0.2,
+        "reconcile_interval_seconds": 0.3,
+        "reconcile_age_seconds": 0.5,
+        **extra,
+    }
+    return load_settings({}, **values)
+
+
+def _flush_queue(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{NAMESPACE}:{QUEUE}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def local() -> LocalProvider:
+    return LocalProvider()
+
+
+@pytest.fixture
+async def app(
+    conn: asyncpg.Connection, database_url: str, redis_url: str
+) -> AsyncIterator[Starlette]:
+    _flush_queue(redis_url)
+    from service.app import create_app
+
+    application = create_app(_settings(database_url, redis_url))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+def worker(
+    app: Starlette, database_url: str, redis_url: str, local: LocalProvider
+) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(_settings(database_url, redis_url), threads=2, provider=local)
+    process.start()
+    yield process
+    process.stop(timeout=5)
+
+
+async def _wait(condition: Any, what: str, seconds: float = WAIT) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = await condition()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _analysis(d: Deployment, tenant: str, instance: str, mid: str) -> dict[str, Any]:
+    r = await d.message(tenant, instance, mid)
+    assert r.status_code == 200, r.text
+    analysis: dict[str, Any] = r.json()["analysis"]
+    return analysis
+
+
+async def _done(d: Deployment, tenant: str, instance: str, mid: str) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        a = await _analysis(d, tenant, instance, mid)
+        return a if a["state"] != "pending" else None
+
+    result: dict[str, Any] = await _wait(check, f"analysis of {mid}")
+    return result
+
+
+def _queued(redis_url: str) -> list[dramatiq.Message[Any]]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        raw = client.hvals(f"{QUEUE_KEY}.msgs")
+    finally:
+        client.close()
+    return [dramatiq.Message.decode(m) for m in raw]
+
+
+async def test_enqueue_after_commit_one_broker_message_per_flush(
+    deployment: Deployment, app: Starlette, conn: asyncpg.Connection, redis_url: str
+) -> None:
+    sticker = {"stickerMessage": {"mimetype": "image/webp"}}
+    bodies = [upsert("acme-main", f"E{i}", f"mensagem {i}") for i in range(30)]
+    bodies.append(upsert("acme-main", "STICKER", message=sticker, messageType="stickerMessage"))
+    bodies.append(upsert("globex-main", "G1", "olá"))
+    responses = await asyncio.gather(*(deployment.post(b) for b in bodies))
+    assert all(r.status_code == 200 for r in responses)
+    await app.state.enqueuer.drain(5)
+    messages = _queued(redis_url)
+    ids = [tuple(k) for m in messages for k in m.args[0]]
+    rows = await conn.fetch(
+        "SELECT tenant_id, instance_id, message_id, analysis_state FROM messages"
+    )
+    pending = {(str(r[0]), str(r[1]), r[2]) for r in rows if r["analysis_state"] == "pending"}
+    assert len(pending) == 31 and set(ids) == pending and len(ids) == 31  # the sticker: skipped
+    assert {r["analysis_state"] for r in rows if r["message_id"] == "STICKER"} == {"skipped"}
+    # 32 webhooks in a few flushes, not 32 broker messages; each carries ids across tenants
+    assert len(messages) < 10
+    assert {(m.queue_name, m.actor_name) for m in messages} == {(QUEUE, ACTOR)}
+
+
+async def test_worker_analyses_and_the_api_shows_it(
+    deployment: Deployment, worker: WorkerProcess, conn: asyncpg.Connection
+) -> None:
+    await deployment.post(upsert("acme-main", "P1", "Adorei o atendimento, muito obrigado!"))
+    await deployment.post(upsert("acme-main", "N1", "Péssimo, o produto chegou quebrado"))
+    sticker = {"stickerMessage": {"mimetype": "image/webp"}}
+    await deployment.post(upsert("acme-main", "S1", message=sticker, messageType="stickerMessage"))
+    positive = await _done(deployment, "acme", "acme-main", "P1")
+    assert positive["state"] == "done" and positive["analyzable"] is True
+    assert positive["sentiment"] > 0.3 and positive["emotion"] == "gratidão"
+    assert positive["satisfaction"] > 70
+    negative = await _done(deployment, "acme", "acme-main", "N1")
+    assert negative["sentiment"] < -0.3 and negative["satisfaction"] < 35
+    skipped = await _analysis(deployment, "acme", "acme-main", "S1")
+    assert skipped["state"] == "done" and skipped["analyzable"] is False
+    assert skipped["sentiment"] is None
+    row = await conn.fetchrow(
+        "SELECT vector_dims(embedding) AS dims, analyzed_at FROM messages WHERE message_id = 'P1'"
+    )
+    assert row["dims"] == 384 and row["analyzed_at"] is not None
+    # the conversation's rolling sentiment and satisfaction
+    r = await deployment.get("/api/v1/chats", "acme")
+    chat = r.json()["items"][0]
+    assert chat["analyzed_messages"] == 2
+    expected = (positive["sentiment"] + negative["sentiment"]) / 2
+    assert chat["sentiment"] == pytest.approx(expected, abs=1e-3)
+    assert chat["satisfaction"] == pytest.approx(
+        (positive["satisfaction"] + negative["satisfaction"]) / 2
+    )
+
+
+async def test_actor_is_idempotent_on_postgres(
+    deployment: Deployment,
+    app: Starlette,
+    conn: asyncpg.Connection,
+    database_url: str,
+    local: LocalProvider,
+) -> None:
+    await deployment.post(upsert("acme-main", "I1", "Gostei muito, obrigado"))
+    key = await conn.fetchrow("SELECT tenant_id, instance_id, message_id FROM messages")
+    args = [[str(key[0]), str(key[1]), key[2]]]
+    store = Store(database_url).start()
+    try:
+        enrichment = Enrichment(store, local)
+        first = enrichment.analyze(args)
+        before = await conn.fetchrow("SELECT * FROM messages WHERE message_id = 'I1'")
+        second = enrichment.analyze(args + args)
+        after = await conn.fetchrow("SELECT * FROM messages WHERE message_id = 'I1'")
+    finally:
+        store.close()
+    assert len(first) == 1 and second == []
+    assert dict(before) == dict(after) and after["analysis_state"] == "done"
+
+
+async def test_failures_are_retried_then_failed_and_dead_lettered(
+    deployment: Deployment,
+    app: Starlette,
+    database_url: str,
+    redis_url: str,
+    local: LocalProvider,
+) -> None:
+    flaky = Flaky(local, failures=100, error=BadAnswer("garbage from the model"))
+    settings = _settings(database_url, redis_url, enrich_max_retries=2)
+    process = WorkerProcess(settings, threads=1, provider=flaky)
+    process.start()
+    try:
+        await deployment.post(upsert("acme-main", "F1", "tanto faz"))
+        failed = await _done(deployment, "acme", "acme-main", "F1")
+    finally:
+        process.stop(timeout=5)
+    assert failed["state"] == "failed"
+    assert failed["error"] == "BadAnswer: garbage from the model"
+    assert flaky.calls == 3
+    client = redis.Redis.from_url(redis_url)
+    try:
+        dead = [dramatiq.Message.decode(m) for m in client.hvals(f"{QUEUE_KEY}.XQ.msgs")]
+    finally:
+        client.close()
+    assert any(k[2] == "F1" for m in dead for k in m.args[0])
+
+
+async def test_reconciler_recovers_what_a_redis_outage_left_pending(
+    deployment: Deployment,
+    conn: asyncpg.Connection,
+    database_url: str,
+    tmp_path: Path,
+    local: LocalProvider,
+) -> None:
+    own = EmbeddedRedis(tmp_path).start()  # the session Redis is shared: stop our own
+    settings = _settings(database_url, own.url)
+    from service.app import create_app
+
+    application = create_app(settings)
+    try:
+        async with application.router.lifespan_context(application):
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                d = Deployment(client, deployment.tokens, deployment.secrets, deployment.tenant_of)
+                await d.post(upsert("acme-main", "BEFORE", "Tudo certo, obrigado"))
+                await application.state.enqueuer.drain(5)
+                own.stop()  # Redis is down from here
+                statuses = []
+                for i in range(20):
+                    statuses.append(
+                        (await d.post(upsert("acme-main", f"R{i}", "Adorei"))).status_code
+                    )
+                assert statuses == [200] * 20  # webhooks never fail for Redis
+                state = await conn.fetchval(
+                    "SELECT array_agg(DISTINCT analysis_state) FROM messages"
+                    " WHERE message_id LIKE 'R%'"
+                )
+                assert state == ["pending"]
+                own.start()  # back, empty: the 20 enqueues are gone for good
+                process = WorkerProcess(settings, threads=2, provider=local)
+                process.start()
+                try:
+                    for mid in ("BEFORE", "R0", "R19"):
+                        assert (await _done(d, "acme", "acme-main", mid))["state"] == "done"
+
+                    async def none_pending() -> bool:
+                        n = await conn.fetchval(
+                            "SELECT count(*) FROM messages WHERE analysis_state = 'pending'"
+                        )
+                        return n == 0
+
+                    await _wait(none_pending, "every pending row analysed")
+                finally:
+                    process.stop(timeout=5)
+    finally:
+        own.stop()
+
+
+async def test_only_one_reconciler_works_at_a_time(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    stores = [Store(database_url).start(), Store(database_url).start()]
+    sent: list[int] = []
+    try:
+        a, b = (
+            Reconciler(
+                s, lambda keys: sent.append(len(keys)), age=1, max_age=60, interval=1, batch_size=10
+            )
+            for s in stores
+        )
+        assert a.run_once().locked
+        with stores[0].advisory_lock() as got:
+            assert got
+            assert not b.run_once().locked  # another process holds it: skip the round
+        assert b.run_once().locked
+    finally:
+        for s in stores:
+            s.close()
+
+
+async def test_reconciler_pages_stale_rows_and_expires_very_old_ones(
+    deployment: Deployment, app: Starlette, conn: asyncpg.Connection, database_url: str
+) -> None:
+    for i in range(25):
+        await deployment.post(upsert("acme-main", f"S{i}", "olá"))
+    await conn.execute(
+        "UPDATE messages SET content_at = now() - interval '10 minutes' WHERE message_id <> 'S0'"
+    )
+    await conn.execute(
+        "UPDATE messages SET content_at = now() - interval '3 days' WHERE message_id = 'S1'"
+    )
+    store = Store(database_url).start()
+    batches: list[list[str]] = []
+    expired: list[str] = []
+    try:
+        reconciler = Reconciler(
+            store,
+            lambda keys: batches.append([k[2] for k in keys]),
+            age=60,
+            max_age=86_400,
+            interval=1,
+            batch_size=10,
+            on_expired=lambda keys: expired.extend(k[2] for k in keys),
+        )
+        done = reconciler.run_once()
+    finally:
+        store.close()
+    assert done.enqueued == 23 and done.expired == 1 and expired == ["S1"]
+    assert [len(b) for b in batches] == [10, 10, 3]  # S0 is too recent, S1 given up on
+    assert len({m for b in batches for m in b}) == 23
+    row = await conn.fetchrow(
+        "SELECT analysis_state, analysis_error FROM messages WHERE message_id = 'S1'"
+    )
+    assert row["analysis_state"] == "failed" and "RECONCILE_MAX_AGE" in row["analysis_error"]

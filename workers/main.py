@@ -1,0 +1,197 @@
+"""``sense worker``: Dramatiq worker processes for the enrichment queue.
+
+Each process loads the analyzers once (``SENSE_AI_PROVIDER``), then runs:
+
+- a Dramatiq ``Worker`` with ``threads`` threads on the ``sense-enrich`` queue (Redis broker);
+- the query-embedding loop for semantic search (workers/query_embed.py), with the same
+  ``embed`` as the messages use;
+- the reconciler (workers/reconciler.py; one active at a time across processes).
+
+SIGTERM / SIGINT stop it gracefully: messages in progress finish (or go back to the queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import sys
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from service.enqueue import QUEUE, message_args, redis_broker
+from workers.store import Key
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+log = logging.getLogger("sense.worker")
+
+WORKER_TIMEOUT_MS = 100  # how long an idle consumer waits between polls: bounds the latency
+BROKER_SOCKET_TIMEOUT = 5.0
+
+
+class Frames:
+    """``message.analyzed`` frames to the live stream (service/stream.py), best effort."""
+
+    def __init__(self, redis_url: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+    def publish(self, tenant_id: uuid.UUID, items: list[dict[str, Any]]) -> None:
+        from service.stream import publish_analyzed
+
+        publish_analyzed(self.client, tenant_id, items)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class WorkerProcess:
+    """Everything one worker process runs; ``start()`` then ``stop()``."""
+
+    def __init__(self, settings: Settings, threads: int, provider: Any = None) -> None:
+        import dramatiq
+
+        from workers.actors import Enrichment, declare, middleware
+        from workers.provider import build_provider
+        from workers.reconciler import Reconciler
+        from workers.store import Store
+
+        assert settings.database_url and settings.redis_url
+        self.settings = settings
+        self.stop_event = threading.Event()
+        started = time.perf_counter()
+        self.provider = provider or build_provider(settings)
+        log.info(
+            "analyzers loaded",
+            extra={
+                "provider": self.provider.name,
+                "seconds": round(time.perf_counter() - started, 2),
+            },
+        )
+        self.store = Store(settings.database_url, size=max(2, threads + 1)).start()
+        self.frames = Frames(settings.redis_url)
+        self.enrichment = Enrichment(self.store, self.provider, self.frames.publish)
+        self.broker = redis_broker(
+            settings.redis_url, BROKER_SOCKET_TIMEOUT, middleware(lambda: self.enrichment)
+        )
+        self.actor = declare(self.broker, self.enrichment, settings)
+        self.worker = dramatiq.Worker(
+            self.broker, worker_threads=threads, worker_timeout=WORKER_TIMEOUT_MS
+        )
+        self.reconciler = Reconciler(
+            self.store,
+            self.send,
+            age=settings.reconcile_age_seconds,
+            max_age=settings.reconcile_max_age_seconds,
+            interval=settings.reconcile_interval_seconds,
+            batch_size=settings.enrich_batch_size,
+            on_expired=self._expired,
+        )
+        self._threads: list[threading.Thread] = []
+
+    def send(self, keys: list[Key]) -> None:
+        self.actor.send(message_args(keys))
+
+    def _expired(self, keys: list[Key]) -> None:
+        from workers.reconciler import EXPIRED_REASON
+
+        self.enrichment.announce((k, {"state": "failed", "error": EXPIRED_REASON}) for k in keys)
+
+    def start(self) -> None:
+        from workers.query_embed import serve_query_embeddings
+
+        assert self.settings.redis_url
+        self.broker.emit_after("process_boot")  # starts TimeLimit's watchdog
+        self.worker.start()
+        for name, target, args in (
+            (
+                "sense-query-embed",
+                serve_query_embeddings,
+                (self.settings.redis_url, self.provider.embed, self.stop_event),
+            ),
+            ("sense-reconciler", self.reconciler.run_forever, (self.stop_event,)),
+        ):
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("worker ready", extra={"queue": QUEUE, "threads": self.worker.worker_threads})
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        self.worker.stop(timeout=int(timeout * 1000))
+        for thread in self._threads:
+            thread.join(5)
+        self.store.close()
+        self.frames.close()
+        closer = getattr(self.provider, "close", None)
+        if closer is not None:
+            closer()
+        self.broker.client.close()
+
+
+def serve(settings: Settings, threads: int) -> int:
+    """One worker process in the foreground, until SIGTERM / SIGINT."""
+    from service import logs
+
+    logs.configure(settings.log_level)
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    process = WorkerProcess(settings, threads)
+    process.start()
+    done.wait()
+    log.info("worker stopping")
+    process.stop()
+    return 0
+
+
+def _child(settings: Settings, threads: int) -> None:
+    raise SystemExit(serve(settings, threads))
+
+
+def run_worker(settings: Settings, *, processes: int = 1, threads: int = 2) -> int:
+    """``sense worker``: ``processes`` worker processes of ``threads`` threads each."""
+    if not settings.redis_url:
+        print("error: SENSE_REDIS_URL is required (or use `sense run`)", file=sys.stderr)
+        return 2
+    if not settings.database_url:
+        print("error: SENSE_DATABASE_URL is required (or use `sense run`)", file=sys.stderr)
+        return 2
+    if processes <= 1:
+        return serve(settings, threads)
+    # spawn, not fork: each child loads its own models and connections from scratch
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_child, args=(settings, threads), name=f"sense-worker-{n}")
+        for n in range(processes)
+    ]
+    for child in children:
+        child.start()
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not done.wait(1.0):
+        if any(not c.is_alive() for c in children):
+            log.error("a worker process exited; stopping the others")
+            break
+    for child in children:
+        if child.is_alive() and child.pid is not None:
+            import os
+
+            os.kill(child.pid, signal.SIGTERM)
+    for child in children:
+        child.join(40)
+    return max((c.exitcode or 0) for c in children)

@@ -1,0 +1,82 @@
+"""The analyzer interface the actors use, and the provider chosen by ``SENSE_AI_PROVIDER``.
+
+A provider turns texts into ``TextAnalysis`` (sentiment, emotion, satisfaction) and 384-float
+embeddings, a batch at a time. Two exist: ``local`` (offline, packaged models: LeIA for the
+sentiment, MiniLM on onnxruntime for the embedding) and ``openai`` (any OpenAI-compatible HTTP
+API, workers/openai_api.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from workers.sentiment import EMOTIONS, TextAnalysis
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+__all__ = [
+    "EMOTIONS",
+    "AnalyzerError",
+    "BadAnswer",
+    "LocalProvider",
+    "Provider",
+    "TextAnalysis",
+    "Unavailable",
+    "build_provider",
+]
+
+
+class AnalyzerError(Exception):
+    """The provider could not analyse this batch."""
+
+
+class Unavailable(AnalyzerError):
+    """The provider cannot be used right now (unreachable, overloaded, timing out, circuit
+    open). Not the messages' fault: when retries run out their rows stay pending, and the
+    reconciler tries again later."""
+
+
+class BadAnswer(AnalyzerError):
+    """The provider answered, but with something unusable (not JSON, missing items, values out
+    of range, wrong embedding size). Retried; when retries run out the rows are failed."""
+
+
+class Provider(Protocol):
+    name: str
+
+    def analyze(self, texts: list[str]) -> list[TextAnalysis]: ...
+
+    def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+
+class LocalProvider:
+    """Fully offline: nothing leaves the machine, nothing is downloaded."""
+
+    name = "local"
+
+    def __init__(
+        self, intra_op_threads: int = 1, *, quantize: bool = False, cache_dir: Path | None = None
+    ) -> None:
+        from workers.embedding import MiniLM
+        from workers.sentiment import Sentiment
+
+        self.sentiment = Sentiment()
+        self.embedder = MiniLM(intra_op_threads, quantize=quantize, cache_dir=cache_dir)
+
+    def analyze(self, texts: list[str]) -> list[TextAnalysis]:
+        return self.sentiment.analyze_many(texts)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return self.embedder.embed(texts)
+
+
+def build_provider(settings: Settings) -> Provider:
+    if settings.ai_provider == "openai":
+        from workers.openai_api import OpenAICompatible
+
+        return OpenAICompatible.from_settings(settings)
+    return LocalProvider(
+        quantize=settings.ai_local_quantize, cache_dir=settings.data_path / "models"
+    )

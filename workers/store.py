@@ -1,0 +1,182 @@
+"""Postgres for the worker's threads: an asyncpg pool on a private event-loop thread, behind
+plain blocking methods (Dramatiq actors and the reconciler are synchronous). Queries are the
+``enrich_*`` ones of service/sql/enrichment.sql."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import Coroutine, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+
+from service import db
+
+T = TypeVar("T")
+
+Key = tuple[uuid.UUID, uuid.UUID, str]
+
+RECONCILE_LOCK = 0x53454E5345 + 4  # advisory lock key: one reconciler at a time (db.py has +0)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    key: Key
+    text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One message's analysis, as written: state 'done' or 'skipped'."""
+
+    key: Key
+    state: str
+    sentiment: float | None = None
+    emotion: str | None = None
+    satisfaction: int | None = None
+    embedding: list[float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    key: Key
+    state: str
+    sentiment: float | None
+    emotion: str | None
+    satisfaction: int | None
+
+
+def parse_keys(raw: Iterable[Iterable[Any]]) -> list[Key]:
+    """The actor's argument ([[tenant_id, instance_id, message_id], ...]) as typed keys."""
+    out: list[Key] = []
+    for item in raw:
+        tenant_id, instance_id, message_id = item
+        out.append((uuid.UUID(str(tenant_id)), uuid.UUID(str(instance_id)), str(message_id)))
+    return out
+
+
+def vector_literal(vector: list[float]) -> str:
+    return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
+
+
+def _columns(keys: list[Key]) -> tuple[list[uuid.UUID], list[uuid.UUID], list[str]]:
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+
+
+class Store:
+    def __init__(self, dsn: str, *, size: int = 4, timeout: float = 10.0) -> None:
+        self.dsn = dsn
+        self.size = size
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sense-db", daemon=True)
+        self._pool: asyncpg.Pool | None = None
+
+    def start(self) -> Store:
+        self._thread.start()
+        self._pool = self._call(
+            db.create_pool(self.dsn, self.size, self.timeout), timeout=self.timeout * 2
+        )
+        return self
+
+    def close(self) -> None:
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                self._call(self._pool.close(), timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout or self.timeout * 3)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "Store.start() first"
+        return self._pool
+
+    # the actor's statements ---------------------------------------------------------------
+
+    def load(self, keys: list[Key]) -> list[Row]:
+        if not keys:
+            return []
+        rows = self._call(self.pool.fetch(db.q("enrich_load"), *_columns(keys)))
+        return [Row((r["tenant_id"], r["instance_id"], r["message_id"]), r["text"]) for r in rows]
+
+    def save(self, results: list[Result]) -> list[Saved]:
+        if not results:
+            return []
+        rows = self._call(
+            self.pool.fetch(
+                db.q("enrich_save"),
+                *_columns([r.key for r in results]),
+                [r.state for r in results],
+                [r.sentiment for r in results],
+                [r.emotion for r in results],
+                [r.satisfaction for r in results],
+                [vector_literal(r.embedding) if r.embedding is not None else None for r in results],
+            )
+        )
+        return [
+            Saved(
+                (r["tenant_id"], r["instance_id"], r["message_id"]),
+                r["analysis_state"],
+                r["sentiment"],
+                r["emotion"],
+                r["satisfaction"],
+            )
+            for r in rows
+        ]
+
+    def fail(self, keys: list[Key], reason: str) -> list[Key]:
+        if not keys:
+            return []
+        rows = self._call(self.pool.fetch(db.q("enrich_fail"), *_columns(keys), reason[:500]))
+        return [(r["tenant_id"], r["instance_id"], r["message_id"]) for r in rows]
+
+    # the reconciler's ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def advisory_lock(self, key: int = RECONCILE_LOCK) -> Iterator[bool]:
+        """Hold ``key`` (session-level advisory lock on one pooled connection) if nobody else
+        does; yields whether we got it."""
+
+        async def acquire() -> asyncpg.Connection:
+            return await self.pool.acquire()
+
+        conn = self._call(acquire())
+        try:
+            got = bool(self._call(conn.fetchval(db.q("enrich_try_lock"), key)))
+            try:
+                yield got
+            finally:
+                if got:
+                    with contextlib.suppress(Exception):
+                        self._call(conn.fetchval(db.q("enrich_unlock"), key))
+        finally:
+            with contextlib.suppress(Exception):
+                self._call(self.pool.release(conn))
+
+    def stale(
+        self, age: float, max_age: float, limit: int, after: tuple[datetime, Key] | None
+    ) -> list[tuple[datetime, Key]]:
+        at, key = after or (datetime.min, (uuid.UUID(int=0), uuid.UUID(int=0), ""))
+        if after is None:
+            at = datetime.fromisoformat("0001-01-01T00:00:00+00:00")
+        rows = self._call(self.pool.fetch(db.q("enrich_stale"), age, max_age, at, *key, limit))
+        return [
+            (r["content_at"], (r["tenant_id"], r["instance_id"], r["message_id"])) for r in rows
+        ]
+
+    def expire(self, max_age: float, reason: str) -> list[Key]:
+        rows = self._call(self.pool.fetch(db.q("enrich_expire"), max_age, reason[:500]))
+        return [(r["tenant_id"], r["instance_id"], r["message_id"]) for r in rows]
