@@ -1,6 +1,6 @@
 """Native JID code vs its pure-Python reference, on the same realistic inputs.
 
-Run: make bench-micro (or .venv/bin/pytest bench/bench_native.py --benchmark-enable).
+Run: make bench-native (or .venv/bin/pytest bench/bench_native.py --benchmark-enable).
 Not collected by the default test run (pyproject testpaths = ["tests"]).
 """
 

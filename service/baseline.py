@@ -26,7 +26,19 @@ if TYPE_CHECKING:
     from service.app import Services
 
 
+def _echo(request: Request, response: Response) -> Response:
+    """Echo X-Request-Id like the real route does (the bench matches acks to requests by it)."""
+    request_id = request.headers.get("x-request-id")
+    if request_id is not None:
+        response.headers["X-Request-Id"] = request_id
+    return response
+
+
 async def null_ceiling(request: Request) -> Response:
+    return _echo(request, await _null_ceiling(request))
+
+
+async def _null_ceiling(request: Request) -> Response:
     services: Services = request.app.state.services
     try:
         body = await read_body(request, services.settings.max_body_bytes)
@@ -39,6 +51,10 @@ async def null_ceiling(request: Request) -> Response:
 
 
 async def naive(request: Request) -> Response:
+    return _echo(request, await _naive(request))
+
+
+async def _naive(request: Request) -> Response:
     services: Services = request.app.state.services
     try:
         body = await read_body(request, services.settings.max_body_bytes)

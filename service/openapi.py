@@ -1,4 +1,10 @@
-"""``GET /openapi.json``: the HTTP contract, with schemas generated from the msgspec types."""
+"""``GET /openapi.json``: the HTTP contract, with schemas generated from the msgspec types.
+
+The request and response bodies come from the same msgspec types the handlers decode and encode
+(service/api.py, service/admin.py, service/search.py, and service/payloads.py for the Evolution
+``data`` of each event), so the document cannot drift from the code's idea of a valid body.
+tests/e2e/test_openapi.py runs schemathesis against it on the real server.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +13,20 @@ from typing import Any
 
 import msgspec
 
-from service import admin, api
+from service import admin, api, search
+from service import payloads as p
 
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+_REF = "#/components/schemas/{name}"
+# Evolution's types live under their own prefix: several share a name with a resource type.
+_EVOLUTION_REF = "#/components/schemas/evolution.{name}"
 
-
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-
-def _ok(ref: str | None, description: str = "OK") -> dict[str, Any]:
-    if ref is None:
-        return {"description": description, "content": {"application/json": {"schema": {}}}}
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
-    }
+# Cursors as the API hands them out (api.encode_cursor, stream.encode_position), bounded so that
+# every value the pattern admits is one the handlers can decode; empty means "not given".
+BEFORE_CURSOR = r"^([0-9]{1,16}\.[0-9]{1,18})?$"
+AFTER_CURSOR = r"^(c[0-9]{1,18}\.[0-9]{1,18})?$"
+# Not only whitespace, as Python's str.strip() sees it (it also strips \x1c-\x1f and \x85).
+NON_BLANK = r"[^\s\x1c-\x1f\x85]"
 
 
 class Error(msgspec.Struct):
@@ -46,45 +47,149 @@ class Replayed(msgspec.Struct):
 
 
 class WebhookAnswer(msgspec.Struct):
+    status: str  # stored | quarantined | ignored | kept
+    event: str | None = None  # with "kept": the event name as received
+
+
+class Status(msgspec.Struct):
     status: str
+
+
+# Evolution event -> the type its `data` decodes into (service/events.py EVENTS); events not
+# listed are acknowledged whatever their data (ignored, or kept as received).
+_EVENT_DATA: dict[str, Any] = {
+    "messages.upsert": p.Upserts,
+    "send.message": p.Upserts,
+    "messages.set": p.Upserts,
+    "messages.update": p.Updates,
+    "messages.delete": p.Deletes,
+    "messages.edited": p.Protocols,
+    "send.message.update": p.Protocols,
+    "connection.update": p.ConnectionUpdate,
+    "qrcode.updated": p.QrUpdate,
+    "contacts.upsert": p.Contacts,
+    "contacts.update": p.Contacts,
+    "contacts.set": p.Contacts,
+    "chats.upsert": p.Chats,
+    "chats.update": p.Chats,
+    "chats.set": p.Chats,
+    "chats.delete": p.Chats,
+    "groups.upsert": p.Groups,
+    "groups.update": p.Groups,
+}
+
+
+def _canonical(event: str) -> str:
+    return "".join(ch for ch in event.lower() if ch.isalnum())
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _ok(ref: str, description: str = "OK") -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+
+
+def _query(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+def _path(name: str, description: str = "") -> dict[str, Any]:
+    out = {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    if description:
+        out["description"] = description
+    return out
+
+
+def _envelope(data_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The webhook body: the Evolution envelope, with ``data`` typed by ``event``."""
+    common = {
+        "instance": {"type": "string", "description": "the Evolution instance name"},
+        "destination": {"type": ["string", "null"]},
+        "date_time": {"type": ["string", "null"]},
+        "sender": {"type": ["string", "null"], "description": "the instance's own JID"},
+        "server_url": {"type": ["string", "null"]},
+        "apikey": {"type": ["string", "null"]},
+    }
+    branches = [
+        {
+            "type": "object",
+            "required": ["event", "instance", "data"],
+            "properties": {"event": {"const": event}, "data": schema, **common},
+        }
+        for event, schema in data_schemas.items()
+    ]
+    # Any other event name (spelled so that it is none of the typed ones): ignored or kept as
+    # received, whatever its data.
+    branches.append(
+        {
+            "type": "object",
+            "required": ["event", "instance"],
+            "properties": {
+                "event": {"type": "string", "not": {"enum": sorted(data_schemas)}},
+                "data": {},
+                **common,
+            },
+        }
+    )
+    return {"oneOf": branches}
 
 
 @cache
 def document() -> dict[str, Any]:
-    types = [
+    resource_types = [
         Error,
         api.Message,
         api.MessagePage,
         ItemsOfChats,
         ItemsOfInstances,
+        search.Results,
         admin.TenantCreated,
         admin.SourceCreated,
         admin.InstanceCreated,
         Replayed,
         WebhookAnswer,
+        Status,
     ]
-    _, components = msgspec.json.schema_components(
-        types, ref_template="#/components/schemas/{name}"
+    _, components = msgspec.json.schema_components(resource_types, ref_template=_REF)
+    kinds = list(dict.fromkeys(_EVENT_DATA.values()))
+    data_schemas, evolution = msgspec.json.schema_components(kinds, ref_template=_EVOLUTION_REF)
+    components.update({f"evolution.{name}": schema for name, schema in evolution.items()})
+    by_kind = dict(zip(kinds, data_schemas, strict=True))
+    components["WebhookEnvelope"] = _envelope(
+        {event: by_kind[kind] for event, kind in _EVENT_DATA.items()}
     )
-    secret = {"name": "secret", "in": "path", "required": True, "schema": {"type": "string"}}
+
     webhook = {
         "summary": "Evolution webhook (one event per request)",
+        "description": "200 only once the event's rows are committed; Evolution retries 5xx.",
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"type": "object"}}},
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/WebhookEnvelope"}}
+            },
         },
         "responses": {
             "200": _ok("WebhookAnswer", "stored (committed)"),
-            "202": _ok("WebhookAnswer", "quarantined (unknown instance) or ignored event"),
-            "400": _error("not JSON / not an Evolution envelope"),
+            "202": _ok("WebhookAnswer", "quarantined (unknown instance), ignored or kept"),
+            "400": _error("not JSON, not an Evolution envelope, or unusable data"),
             "401": _error("bad secret or apikey"),
             "413": _error("body over SENSE_MAX_BODY_BYTES"),
             "503": _error("overloaded or database unavailable (Retry-After)"),
         },
     }
+    secret = _path("secret", "the source's webhook secret")
     unauthorized = _error("missing or unknown token")
     not_found = _error("not found (or another tenant's)")
-    q = lambda name, schema: {"name": name, "in": "query", "required": False, "schema": schema}  # noqa: E731
+    bad = _error("bad parameter")
+    limit = {"type": "integer", "minimum": 1}
     paths: dict[str, Any] = {
         "/api/webhooks/evolution/{secret}": {"post": {**webhook, "parameters": [secret]}},
         "/api/webhooks/evolution/{secret}/{suffix}": {
@@ -92,30 +197,27 @@ def document() -> dict[str, Any]:
                 **webhook,
                 "parameters": [
                     secret,
-                    {
-                        "name": "suffix",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
+                    _path("suffix", "WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS suffix (ignored)"),
                 ],
             }
         },
         "/api/v1/messages": {
             "get": {
-                "summary": "Messages, newest first (cursor pagination with `before`)",
+                "summary": "Messages: newest first (`before`), or oldest first after a live "
+                "cursor (`after`, from the stream's frames)",
                 "security": _BEARER,
                 "parameters": [
-                    q("instance", {"type": "string"}),
-                    q("chat", {"type": "string"}),
-                    q("before", {"type": "string"}),
-                    q("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+                    _query("instance", {"type": "string"}),
+                    _query("chat", {"type": "string"}),
+                    _query("before", {"type": "string", "pattern": BEFORE_CURSOR}),
+                    _query("after", {"type": "string", "pattern": AFTER_CURSOR}),
+                    _query("limit", {**limit, "maximum": 500}),
                 ],
                 "responses": {
                     "200": _ok("MessagePage"),
-                    "400": _error("bad parameter"),
+                    "400": _error("bad parameter (or both before and after)"),
                     "401": unauthorized,
-                    "404": not_found,
+                    "404": _error("no such instance"),
                 },
             }
         },
@@ -123,20 +225,7 @@ def document() -> dict[str, Any]:
             "get": {
                 "summary": "One message",
                 "security": _BEARER,
-                "parameters": [
-                    {
-                        "name": "instance",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                    {
-                        "name": "message_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                ],
+                "parameters": [_path("instance"), _path("message_id")],
                 "responses": {"200": _ok("Message"), "401": unauthorized, "404": not_found},
             }
         },
@@ -145,14 +234,14 @@ def document() -> dict[str, Any]:
                 "summary": "Chats with their last message and rolling analysis",
                 "security": _BEARER,
                 "parameters": [
-                    q("instance", {"type": "string"}),
-                    q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    _query("instance", {"type": "string"}),
+                    _query("limit", {**limit, "maximum": 1000}),
                 ],
                 "responses": {
                     "200": _ok("ItemsOfChats"),
-                    "400": _error("bad parameter"),
+                    "400": bad,
                     "401": unauthorized,
-                    "404": not_found,
+                    "404": _error("no such instance"),
                 },
             }
         },
@@ -163,33 +252,89 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _ok("ItemsOfInstances"), "401": unauthorized},
             }
         },
-        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _ok(None)}}},
+        "/api/v1/search": {
+            "get": {
+                "summary": "Messages ranked by full-text match or by embedding similarity",
+                "security": _BEARER,
+                "parameters": [
+                    _query(
+                        "q",
+                        {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": search.MAX_QUERY_CHARS,
+                            "pattern": NON_BLANK,
+                        },
+                        required=True,
+                    ),
+                    _query("mode", {"type": "string", "enum": ["text", "semantic", ""]}),
+                    _query("limit", {**limit, "maximum": 100}),
+                    _query("instance", {"type": "string"}),
+                    _query("chat", {"type": "string"}),
+                ],
+                "responses": {
+                    "200": _ok("Results"),
+                    "400": bad,
+                    "401": unauthorized,
+                    "404": _error("no such instance"),
+                    "503": _error("semantic search unavailable (no worker to embed the query)"),
+                },
+            }
+        },
+        "/api/v1/stream": {
+            "get": {
+                "summary": "Live events (WebSocket)",
+                "description": "A WebSocket (GET with Upgrade: websocket). Authenticate with "
+                '`?token=` or a first message `{"token": ...}`; frames are JSON objects with a '
+                "`type`: ready, message.created, message.updated, message.analyzed, "
+                "instance.state, instance.qrcode, resync, heartbeat. Close 4401: bad token.",
+                "parameters": [_query("token", {"type": "string"})],
+                "responses": {"101": {"description": "Switching Protocols (WebSocket)"}},
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "Live dashboard (asks for a tenant token)",
+                "responses": {
+                    "200": {"description": "OK", "content": {"text/html": {"schema": {}}}}
+                },
+            }
+        },
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _ok("Status")}}},
         "/readyz": {
             "get": {
-                "summary": "Readiness: database reachable, migrations applied",
-                "responses": {"200": _ok(None), "503": _error("not ready")},
+                "summary": "Readiness: database reachable, migrations applied, registry loaded",
+                "responses": {"200": _ok("Status"), "503": _error("not ready")},
             }
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics",
+                "summary": "Prometheus metrics (text exposition format)",
                 "responses": {
                     "200": {"description": "OK", "content": {"text/plain": {"schema": {}}}}
                 },
             }
         },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
     }
+    name = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NON_BLANK}
+    ref = {"type": "string", "minLength": 1, "description": "id or name"}
     admin_routes = {
-        "/api/admin/tenants": ("TenantCreated", {"name": {"type": "string"}}, ["name"], 201),
-        "/api/admin/sources": ("SourceCreated", {"name": {"type": "string"}}, ["name"], 201),
+        "/api/admin/tenants": ("TenantCreated", {"name": name}, ["name"], 201),
+        "/api/admin/sources": ("SourceCreated", {"name": name}, ["name"], 201),
         "/api/admin/instances": (
             "InstanceCreated",
-            {
-                "tenant": {"type": "string"},
-                "source": {"type": "string"},
-                "name": {"type": "string"},
-                "apikey": {"type": ["string", "null"]},
-            },
+            {"tenant": ref, "source": ref, "name": name, "apikey": {"type": ["string", "null"]}},
             ["tenant", "source", "name"],
             201,
         ),
@@ -200,10 +345,10 @@ def document() -> dict[str, Any]:
             200,
         ),
     }
-    for path, (ref, props, required, status) in admin_routes.items():
+    for path, (answer, props, required, status) in admin_routes.items():
         paths[path] = {
             "post": {
-                "summary": "Admin: " + path.rsplit("/", 1)[-1],
+                "summary": "Admin: " + path.removeprefix("/api/admin/"),
                 "security": _BEARER,
                 "requestBody": {
                     "required": True,
@@ -214,7 +359,7 @@ def document() -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    str(status): _ok(ref),
+                    str(status): _ok(answer),
                     "400": _error("not JSON"),
                     "401": _error("bad admin token"),
                     "403": _error("admin API disabled"),

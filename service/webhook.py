@@ -93,6 +93,11 @@ async def _receive(
         return error(400, "invalid_envelope", detail), "unknown", "rejected"
     except msgspec.DecodeError as exc:
         return error(400, "invalid_json", f"body is not JSON: {exc}"), "unknown", "rejected"
+    # Postgres text cannot hold NUL: the names go into quarantine/event rows as text (an
+    # instance name with NUL can never be registered, so nothing is lost by replacing it).
+    if "\x00" in envelope.event or "\x00" in envelope.instance:
+        envelope.event = envelope.event.replace("\x00", "\ufffd")
+        envelope.instance = envelope.instance.replace("\x00", "\ufffd")
     event = canonical_event(envelope.event) or "unknown"
     label = services.event_label(event)
     context["source"] = source.name

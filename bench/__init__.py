@@ -1,0 +1,1 @@
+"""Load harness and micro-benchmarks (never collected by the default test run)."""
