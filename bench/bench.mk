@@ -10,4 +10,10 @@ bench-native: setup ## micro-benchmarks: native vs pure-Python reference, msgspe
 	$(BIN)/pytest -q -p no:cacheprovider bench/bench_native.py bench/bench_decode.py \
 		--benchmark-enable --benchmark-columns=min,median,ops --benchmark-sort=name
 
-.PHONY: bench bench-setup bench-native
+bench-enrich: setup ## enrichment: one worker's messages/s, webhook to analysis p50/p95
+	$(BIN)/python bench/bench_enrich.py $(BENCH_ARGS)
+
+bench-ws: setup ## live stream: webhook to message.created frame p50/p99, 1,000 idle clients
+	$(BIN)/python bench/bench_ws.py $(BENCH_ARGS)
+
+.PHONY: bench bench-setup bench-native bench-enrich bench-ws

@@ -50,8 +50,8 @@ class InstanceCreated(msgspec.Struct):
 
 def _name(value: str, what: str) -> str:
     value = (value or "").strip()
-    if not value or len(value) > 200:
-        raise AdminError(422, "invalid_name", f"{what} name must be 1-200 characters")
+    if not value or len(value) > 200 or "\x00" in value:
+        raise AdminError(422, "invalid_name", f"{what} name must be 1-200 characters, without NUL")
     return value
 
 
@@ -84,6 +84,8 @@ async def _find(conn: Any, table: str, ref: str) -> asyncpg.Record:
         as_uuid: uuid.UUID | None = uuid.UUID(ref)
     except (ValueError, TypeError, AttributeError):
         as_uuid = None
+    if "\x00" in str(ref):  # no name holds one (see _name)
+        raise AdminError(404, "not_found", f"no {table[:-1]} {ref!r}")
     row = await conn.fetchrow(query, as_uuid, str(ref))
     if row is None:
         raise AdminError(404, "not_found", f"no {table[:-1]} {ref!r}")
@@ -126,6 +128,8 @@ async def replay_quarantine(
     Chunks of rows are taken with SKIP LOCKED and deleted in the same transaction that writes
     their rows, so concurrent replays (several processes) never apply one event twice.
     """
+    if instance is not None and "\x00" in instance:
+        raise AdminError(422, "invalid_name", "instance name must not contain NUL")
     await conn.execute(db.q("create_staging"))
     source_id = None
     if source is not None:

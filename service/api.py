@@ -107,7 +107,8 @@ def message_from_row(r: Any, instance_name: str) -> Message:
     state = r["analysis_state"]
     analysis = Analysis(
         state="done" if state == "skipped" else state,
-        sentiment=r["sentiment"],
+        # a real: 0.636 reads back as 0.6359999775886536
+        sentiment=None if r["sentiment"] is None else round(r["sentiment"], 4),
         emotion=r["emotion"],
         satisfaction=r["satisfaction"],
         analyzable=state != "skipped",
@@ -173,9 +174,12 @@ def encode_cursor(ts: datetime, seq: int) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
     micros, _, seq = cursor.partition(".")
     try:
-        return datetime.fromtimestamp(int(micros) / 1_000_000, UTC), int(seq)
+        ts, position = datetime.fromtimestamp(int(micros) / 1_000_000, UTC), int(seq)
     except (ValueError, OverflowError, OSError):
         raise ValueError("before is not a cursor returned by this API") from None
+    if not 0 <= position < 2**63:  # a bigint
+        raise ValueError("before is not a cursor returned by this API")
+    return ts, position
 
 
 def chat_forms(chat: str | None) -> list[str] | None:
@@ -276,7 +280,7 @@ async def list_chats(request: Request) -> Response:
                 unread=r["unread"],
                 last_message_at=iso(r["last_message_ts"]),
                 last_message=last,
-                sentiment=r["avg_sentiment"],
+                sentiment=None if r["avg_sentiment"] is None else round(r["avg_sentiment"], 4),
                 satisfaction=r["avg_satisfaction"],
                 analyzed_messages=r["analyzed_messages"] or 0,
             )

@@ -14,13 +14,14 @@ from typing import Any
 import asyncpg
 import msgspec
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from service import admin, api, db, logs, metrics, openapi, search, stream, webhook
 from service.events import EVENTS, IGNORED, KEPT_AS_EVENTS, Ops
-from service.http import JSON, error
+from service.http import JSON, RejectNul, error
 from service.ingest import Batcher, Committed, Writer
 from service.payloads import Envelope
 from service.resolve import Instance, Registry
@@ -326,6 +327,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         from service import baseline
 
         all_routes += baseline.routes()
-    app = Starlette(routes=all_routes, lifespan=lifespan)
+    app = Starlette(routes=all_routes, lifespan=lifespan, middleware=[Middleware(RejectNul)])
     app.router.redirect_slashes = False
     return app

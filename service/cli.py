@@ -160,7 +160,7 @@ def prepare_metrics_dir(data_dir: Path) -> None:
 
 def serve(settings: Settings, workers: int) -> None:
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, RuntimeModes
 
     prepare_metrics_dir(settings.data_path)
 
@@ -175,6 +175,10 @@ def serve(settings: Settings, workers: int) -> None:
         log_access=False,
         log_level=settings.log_level.lower(),  # type: ignore[arg-type]
         workers_kill_timeout=30,
+        # one Rust thread per worker feeding one event loop: less cross-thread wake-up work per
+        # request than the multi-threaded runtime (bench/RESULTS.md, Granian settings)
+        runtime_mode=RuntimeModes.st,
+        respawn_failed_workers=True,
     ).serve()
 
 

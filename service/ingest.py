@@ -18,6 +18,7 @@ import asyncpg
 
 from service import db
 from service.events import MESSAGE_COLUMNS, MessageOp, Ops, merge_message_ops
+from service.payloads import without_inline_media
 
 log = logging.getLogger("sense.ingest")
 
@@ -340,7 +341,17 @@ class Batcher:
         reason = f"write failed: {error.__class__.__name__}: {error}"[:500]
         try:
             await self.writer.write(
-                Ops(quarantine=[(fb.source_id, fb.instance_name, fb.event, reason, fb.body)])
+                Ops(
+                    quarantine=[
+                        (
+                            fb.source_id,
+                            fb.instance_name,
+                            fb.event,
+                            reason,
+                            without_inline_media(fb.body),
+                        )
+                    ]
+                )
             )
         except Exception as exc:
             if isinstance(exc, db.UNAVAILABLE_ERRORS):

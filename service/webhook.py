@@ -43,21 +43,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def strip_media(body: bytes) -> bytes:
-    """The body without inline base64 media (``data.message.base64``), for quarantine."""
-    if b'"base64"' not in body:
-        return body
-    try:
-        doc = msgspec.json.decode(body)
-        message = doc.get("data", {}).get("message") if isinstance(doc, dict) else None
-        if isinstance(message, dict) and "base64" in message:
-            message["base64"] = None
-            return msgspec.json.encode(doc)
-    except (msgspec.DecodeError, AttributeError):
-        pass
-    return body
-
-
 async def receive(request: Request) -> Response:
     services: Services = request.app.state.services
     started = time.perf_counter()
@@ -106,7 +91,9 @@ async def _receive(
     instance = services.registry.instance(source.source_id, envelope.instance)
     if instance is None:
         # Nobody registered this instance (yet): keep the event, replay it once they do.
-        ops = services.quarantine_ops(source.source_id, envelope, strip_media(body))
+        ops = services.quarantine_ops(
+            source.source_id, envelope, payloads.without_inline_media(body)
+        )
         result = await _submit(services, ops, None)
         if isinstance(result, Response):
             return result, label, "rejected"

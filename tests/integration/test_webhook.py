@@ -702,3 +702,23 @@ async def test_sql_phone_variant_matches_the_native_one(conn: asyncpg.Connection
     mismatches = [(j, v, phone_variant(j)) for j, v in rows if v != phone_variant(j)]
     assert mismatches == []
     assert sum(v is not None for _, v in rows) > 300  # the samples do reach every rule
+
+
+async def test_nul_and_out_of_range_parameters_get_a_clear_error(deployment: Deployment) -> None:
+    # Postgres text cannot hold NUL and seq is a bigint: both must be client errors, not 500s
+    for path, params in [
+        ("/api/v1/messages", {"chat": "55119\x00@s.whatsapp.net"}),
+        ("/api/v1/messages/acme-main/ID%00", {}),
+        ("/api/v1/chats", {"instance": "acme\x00main"}),
+    ]:
+        r = await deployment.get(path, "acme", **params)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["error"] == "invalid_parameter"
+    r = await deployment.get("/api/v1/messages", "acme", before=f"1700000000000000.{2**63}")
+    assert r.status_code == 400 and "cursor" in r.json()["detail"]
+    r = await deployment.admin("/api/admin/tenants", {"name": "bad\x00name"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_name"
+    r = await deployment.admin("/api/admin/quarantine/replay", {"instance": "x\x00"})
+    assert r.status_code == 422
+    # and the API still works afterwards
+    assert (await deployment.get("/api/v1/messages", "acme")).status_code == 200
