@@ -37,11 +37,12 @@ Every frame is one JSON text message with a ``type``:
 The client may send ``{"type": "ping"}`` (answered ``{"type": "pong"}``); anything else is
 ignored. Close codes: 4401 bad or missing token, 1013 the client fell behind (its buffer of
 ``BUFFER_FRAMES`` frames / ``BUFFER_BYTES`` bytes filled up) and was dropped, 1001 the server
-is going away. Delivery is at most once per connection: after any reconnect, resume with
-``GET /api/v1/messages?after=<cursor>`` from the smallest cursor among the last few
-``message.created`` frames received (or the ``ready`` cursor), and drop duplicates by
-(instance, message_id) — frames of transactions committed by different processes in the same
-instant may arrive slightly out of cursor order.
+is going away (a dropped client whose socket is still backed up may only see the connection
+end: the close frame waits behind the data it has not read). Delivery is at most once per
+connection: after any reconnect, resume with ``GET /api/v1/messages?after=<cursor>`` from
+the smallest cursor among the last few ``message.created`` frames received (or the ``ready``
+cursor), and drop duplicates by (instance, message_id) — frames of transactions committed by
+different processes in the same instant may arrive slightly out of cursor order.
 """
 
 from __future__ import annotations
@@ -257,6 +258,7 @@ class Relay:
         self.clients: dict[uuid.UUID, set[Client]] = {}
         self._pubsub: Any = None
         self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._subscribing = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -285,17 +287,22 @@ class Relay:
 
     async def attach(self, client: Client) -> None:
         """Register ``client``; returns once its tenant's channel is subscribed."""
-        peers = self.clients.setdefault(client.tenant_id, set())
-        first = not peers
-        peers.add(client)
-        name = channel(client.tenant_id)
+        self.clients.setdefault(client.tenant_id, set()).add(client)
         if self._pubsub is None:
-            return
-        waiter = self._confirmed.get(name)
-        if first or waiter is None:
-            waiter = asyncio.get_running_loop().create_future()
-            self._confirmed[name] = waiter
-            await self._pubsub.subscribe(name)
+            return  # Redis is away: the reader subscribes everyone when it is back
+        name = channel(client.tenant_id)
+        # One (un)subscription at a time: a tenant's last client leaving while a new one
+        # arrives must end subscribed, whatever order Redis sees the commands in otherwise.
+        async with self._subscribing:
+            waiter = self._confirmed.get(name)  # present: subscribed or on its way
+            if waiter is None:
+                waiter = asyncio.get_running_loop().create_future()
+                self._confirmed[name] = waiter
+                try:
+                    await self._pubsub.subscribe(name)
+                except BaseException:
+                    self._confirmed.pop(name, None)
+                    raise
         await asyncio.wait_for(asyncio.shield(waiter), timeout=5.0)
 
     async def detach(self, client: Client) -> None:
@@ -307,10 +314,13 @@ class Relay:
             return
         del self.clients[client.tenant_id]
         name = channel(client.tenant_id)
-        self._confirmed.pop(name, None)
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.unsubscribe(name)
+        async with self._subscribing:
+            if client.tenant_id in self.clients:
+                return  # a new client of this tenant came meanwhile: stay subscribed
+            self._confirmed.pop(name, None)
+            if self._pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await self._pubsub.unsubscribe(name)
 
     def dispatch(self, tenant_id: uuid.UUID, payload: bytes) -> None:
         peers = self.clients.get(tenant_id)
@@ -342,11 +352,20 @@ class Relay:
 
     async def _connect(self) -> None:
         assert self.redis is not None
-        self._pubsub = self.redis.pubsub()
+        pubsub = self.redis.pubsub()
         channels = [CONTROL_CHANNEL, *(channel(t) for t in self.clients)]
+        loop = asyncio.get_running_loop()
         for name in channels[1:]:
-            self._confirmed.setdefault(name, asyncio.get_running_loop().create_future())
-        await self._pubsub.subscribe(*channels)
+            waiter = self._confirmed.get(name)
+            if waiter is None or waiter.done():
+                self._confirmed[name] = loop.create_future()
+        try:
+            await pubsub.subscribe(*channels)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            raise
+        self._pubsub = pubsub
 
     async def _read_forever(self) -> None:
         backoff = 0.2
@@ -656,6 +675,9 @@ async def stream_endpoint(ws: WebSocket) -> None:
         if dropped in done:
             log.info("live client of %s dropped: too slow", tenant.name)
             sender.cancel()
+            # The close frame queues behind what the socket still holds, so a client that
+            # stays stalled may only see the connection end (Granian gives up on the close
+            # handshake); either way it reconnects and catches up.
             await _close(ws, CLOSE_SLOW, "too slow: reconnect and catch up with ?after=")
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass

@@ -5,22 +5,36 @@
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "sense.token";
 const RECENT_CURSORS = 64; // resume from the smallest of these (frames may arrive a bit out of order)
+const ROLLING = 50; // the chats API averages the last 50 analysed messages of a chat
+const SILENCE_MS = 60000; // the server sends a heartbeat every 25 s: this much silence is a dead link
+const MAX_SHOWN = 500; // messages kept on screen per view
 
 const state = {
   token: null,
-  tenant: null,
   instances: new Map(), // name -> instance resource
   chats: new Map(), // "instance|chat_jid" -> chat
   messages: new Map(), // "instance/message_id" -> message resource
+  arrival: new Map(), // "instance/message_id" -> order first seen (ties of equal timestamps)
   pendingAnalysis: new Map(), // analysed before its "created" frame arrived
   view: null, // null = all conversations, else {instance, chat}
   ws: null,
   wsAttempt: 0,
+  retryTimer: null,
+  watchdog: null,
   readyCursor: null,
   cursors: [],
   connectedOnce: false,
   searchSeq: 0,
+  loadSeq: 0,
+  frame: null, // pending requestAnimationFrame for the side panels
 };
+
+function resetState() {
+  for (const k of ["instances", "chats", "messages", "arrival", "pendingAnalysis"]) state[k] = new Map();
+  Object.assign(state, { view: null, wsAttempt: 0, readyCursor: null, cursors: [], connectedOnce: false });
+  state.searchSeq++;
+  state.loadSeq++;
+}
 
 // --- DOM helpers (data only ever goes in as text, never as HTML) -------------------------------
 
@@ -81,23 +95,37 @@ async function api(path, params) {
 
 // --- login -------------------------------------------------------------------------------------
 
-async function login(token) {
-  state.token = token;
+async function login(token, remember) {
   const r = await fetch("/api/v1/instances", { headers: { Authorization: `Bearer ${token}` } });
   if (r.status === 401) throw new Error("That token was not accepted.");
   if (!r.ok) throw new Error(`The server answered ${r.status}.`);
-  localStorage.setItem(TOKEN_KEY, token);
+  resetState();
+  state.token = token;
+  // remembered: until sign-out on this device; otherwise only for this tab
+  (remember ? localStorage : sessionStorage).setItem(TOKEN_KEY, token);
+  (remember ? sessionStorage : localStorage).removeItem(TOKEN_KEY);
   $("login").hidden = true;
   $("app").hidden = false;
   setInstances((await r.json()).items);
-  await Promise.all([loadChats(), loadMessages()]);
+  // subscribe first, then read: whatever commits in between arrives live and is merged
   connect();
+  await Promise.all([loadChats(), openView(null)]);
+  renderMessages(); // again, now that chat names are known
 }
 
 function logout(message) {
   localStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
-  if (state.ws) { state.ws.onclose = null; state.ws.close(); state.ws = null; }
+  disconnect();
+  resetState();
+  for (const id of ["instances", "chats", "messages", "results-list"]) $(id).replaceChildren();
+  $("results").hidden = true;
+  $("messages").hidden = false;
+  $("trend").hidden = true;
+  $("app").classList.remove("show-chat");
+  $("tenant-name").textContent = "sense";
+  $("q").value = "";
   $("app").hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message || "";
@@ -107,7 +135,7 @@ function logout(message) {
 
 // --- instances -----------------------------------------------------------------------------------
 
-const STATE_LABEL = { open: "connected", connecting: "pairing", close: "disconnected" };
+const STATE_LABEL = { open: "connected", connecting: "pairing", close: "disconnected", refused: "refused" };
 
 function setInstances(items) {
   state.instances = new Map(items.map((i) => [i.name, i]));
@@ -120,12 +148,13 @@ function renderInstances() {
   if (!state.instances.size) list.append(h("li", { class: "muted" }, "No instances yet."));
   for (const inst of [...state.instances.values()].sort((a, b) => a.name.localeCompare(b.name))) {
     const qr = inst.qrcode && inst.state !== "open" ? inst.qrcode : null;
+    // a QR on screen means it is waiting to be scanned, whatever the last state event said
+    const shown = qr ? "connecting" : inst.state || "unknown";
     list.append(
       h("li", { class: "instance", "data-instance": inst.name },
         h("div", { class: "row" },
-          h("span", { class: "name" }, inst.name),
-          h("span", { class: "state", "data-state": inst.state || "unknown" },
-            STATE_LABEL[inst.state] || inst.state || "unknown")),
+          h("span", { class: "name", title: inst.name }, inst.name),
+          h("span", { class: "state", "data-state": shown }, STATE_LABEL[shown] || shown)),
         inst.profile_name || inst.owner_jid
           ? h("div", { class: "owner muted" }, inst.profile_name || "", " ", phoneOf(inst.owner_jid))
           : null,
@@ -142,8 +171,26 @@ function renderInstances() {
 
 async function loadChats() {
   const body = await api("/api/v1/chats", { limit: 200 });
-  state.chats = new Map(body.items.map((c) => [chatKey(c.instance, c.chat_jid), c]));
+  const chats = new Map(body.items.map((c) => [chatKey(c.instance, c.chat_jid), c]));
+  for (const [key, c] of state.chats) {
+    const fresh = chats.get(key);
+    if (!fresh) chats.set(key, c); // seen live, newer than the list
+    else if (c.last_message_at && (!fresh.last_message_at || c.last_message_at > fresh.last_message_at)) {
+      Object.assign(fresh, { last_message_at: c.last_message_at, last_message: c.last_message });
+    }
+  }
+  state.chats = chats;
   renderChats();
+}
+
+function scheduleSide() {
+  // live frames can come in bursts: redraw the chat list and the trend once per frame
+  if (state.frame !== null) return;
+  state.frame = requestAnimationFrame(() => {
+    state.frame = null;
+    renderChats();
+    renderTrend();
+  });
 }
 
 function chatTitle(c) {
@@ -166,12 +213,15 @@ function renderChats() {
     const sat = c.satisfaction;
     list.append(
       h("li", { class: "chat", "aria-current": String(Boolean(current)), "data-chat": c.chat_jid,
-                onclick: () => openView({ instance: c.instance, chat: c.chat_jid }) },
+                "data-instance": c.instance, tabindex: "0",
+                onclick: () => openView({ instance: c.instance, chat: c.chat_jid }),
+                onkeydown: (ev) => { if (ev.key === "Enter") openView({ instance: c.instance, chat: c.chat_jid }); } },
         h("span", { class: "title" }, chatTitle(c)),
         h("span", { class: "when" }, fmtTime(c.last_message_at)),
         h("span", { class: "preview" }, last ? (last.deleted ? "message deleted" : last.text || TYPE_LABEL[last.type] || "") : ""),
         sat !== null && sat !== undefined
-          ? h("span", { class: "score badge", "data-tone": tone(null, sat) }, `${Math.round(sat)}`)
+          ? h("span", { class: "score badge", "data-tone": tone(c.sentiment, sat),
+                        title: `satisfaction, last ${c.analyzed_messages} analysed` }, `${Math.round(sat)}`)
           : h("span")));
   }
 }
@@ -183,11 +233,29 @@ function touchChat(m) {
     instance: m.instance, chat_jid: m.chat_jid, chat_type: m.chat_type, name: null, unread: null,
     last_message_at: null, last_message: null, sentiment: null, satisfaction: null, analyzed_messages: 0,
   };
-  if (!c.last_message_at || (m.timestamp || "") >= c.last_message_at) {
+  const last = c.last_message;
+  if (last && keyOf(last) === keyOf(m)) c.last_message = m;
+  else if (!c.last_message_at || (m.timestamp || "") >= c.last_message_at) {
     c.last_message_at = m.timestamp;
     c.last_message = m;
   }
   state.chats.set(key, c);
+}
+
+function rollChat(m, analysis) {
+  // the chat's rolling averages, moved by one newly analysed message
+  const c = m.chat_jid && state.chats.get(chatKey(m.instance, m.chat_jid));
+  if (!c || analysis.state !== "done" || analysis.analyzable === false) return;
+  const n = Math.min(ROLLING, (c.analyzed_messages || 0) + 1);
+  if (analysis.satisfaction !== null && analysis.satisfaction !== undefined) {
+    c.satisfaction = c.satisfaction === null || c.satisfaction === undefined
+      ? analysis.satisfaction : c.satisfaction + (analysis.satisfaction - c.satisfaction) / n;
+  }
+  if (analysis.sentiment !== null && analysis.sentiment !== undefined) {
+    c.sentiment = c.sentiment === null || c.sentiment === undefined
+      ? analysis.sentiment : c.sentiment + (analysis.sentiment - c.sentiment) / n;
+  }
+  c.analyzed_messages = n;
 }
 
 // --- messages ------------------------------------------------------------------------------------
@@ -197,23 +265,38 @@ function inView(m) {
 }
 
 async function loadMessages() {
+  const seq = ++state.loadSeq;
   const params = { limit: 100 };
   if (state.view) Object.assign(params, { instance: state.view.instance, chat: state.view.chat });
   const body = await api("/api/v1/messages", params);
-  for (const m of body.items) remember(m);
-  renderMessages(body.items.slice().reverse());
+  if (seq !== state.loadSeq) return; // another view was opened meanwhile
+  for (const m of body.items.slice().reverse()) remember(m, true);
+  renderMessages();
 }
 
-function remember(m) {
+function remember(m, fromList) {
   const key = keyOf(m);
   const pending = state.pendingAnalysis.get(key);
   if (pending && m.analysis.state === "pending") m.analysis = pending;
   state.pendingAnalysis.delete(key);
+  const known = state.messages.get(key);
+  // a list read can be older than a frame that already arrived: keep the analysis we have
+  if (fromList && known && known.analysis.state !== "pending" && m.analysis.state === "pending") {
+    m.analysis = known.analysis;
+  }
+  if (!state.arrival.has(key)) state.arrival.set(key, state.arrival.size);
   state.messages.set(key, m);
   return m;
 }
 
-function renderMessages(items) {
+function byTime(a, b) {
+  return (a.timestamp || "").localeCompare(b.timestamp || "")
+    || state.arrival.get(keyOf(a)) - state.arrival.get(keyOf(b));
+}
+
+function renderMessages() {
+  // everything known for this view (the last list read merged with live frames), oldest first
+  const items = [...state.messages.values()].filter(inView).sort(byTime).slice(-MAX_SHOWN);
   const list = $("messages");
   list.replaceChildren(...items.map((m) => messageItem(m)));
   if (!items.length) list.append(h("li", { class: "empty" }, "No messages yet. They appear here as they arrive."));
@@ -259,11 +342,14 @@ function bodyOf(m, highlight) {
 function messageItem(m, extra) {
   const who = m.from_me ? "You" : m.push_name || phoneOf(m.sender_jid);
   const chat = state.chats.get(chatKey(m.instance, m.chat_jid));
+  // across chats, say which one (unless the sender already says it: a 1:1 chat)
+  const where = chat ? chatTitle(chat) : phoneOf(m.chat_jid);
+  const showWhere = (state.view === null || extra) && where !== who;
   const reactions = (m.reactions || []).map((r) => r.emoji).join("");
   return h("li", { class: `message${m.from_me ? " mine" : ""}`, "data-id": keyOf(m), onclick: extra && extra.onclick },
     h("div", { class: "meta" },
       h("span", { class: "who" }, who),
-      state.view === null || extra ? h("span", { class: "chatname" }, chat ? chatTitle(chat) : phoneOf(m.chat_jid)) : null,
+      showWhere ? h("span", { class: "chatname" }, m.from_me ? `→ ${where}` : where) : null,
       h("span", {}, fmtTime(m.timestamp)),
       m.edited ? h("span", {}, "edited") : null),
     bodyOf(m, extra && extra.highlight),
@@ -275,13 +361,24 @@ function messageItem(m, extra) {
 }
 
 function upsertMessageView(m, isNew) {
+  const selector = `[data-id="${CSS.escape(keyOf(m))}"]`;
+  const hit = $("results-list").querySelector(selector);
+  if (hit) hit.querySelector(".foot").replaceWith(messageItem(m).querySelector(".foot"));
   const list = $("messages");
-  const old = list.querySelector(`[data-id="${CSS.escape(keyOf(m))}"]`);
+  const old = list.querySelector(selector);
   if (old) { old.replaceWith(messageItem(m)); return; }
   if (!isNew || !inView(m)) return;
   const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 120;
   list.querySelector(".empty")?.remove();
-  list.append(messageItem(m));
+  // usually the newest; an older one (history, late delivery) goes where its time says
+  const next = [...list.children].find((el) => {
+    const other = state.messages.get(el.dataset.id);
+    return other && byTime(m, other) < 0;
+  });
+  const item = messageItem(m);
+  item.classList.add("arrived");
+  list.insertBefore(item, next || null);
+  while (list.children.length > MAX_SHOWN) list.firstElementChild.remove();
   if (nearBottom) list.scrollTop = list.scrollHeight;
 }
 
@@ -298,6 +395,7 @@ async function openView(view) {
   }
   $("app").classList.toggle("show-chat", view !== null);
   renderChats();
+  renderMessages(); // what is known already, at once; the read below fills in the rest
   await loadMessages();
 }
 
@@ -374,20 +472,46 @@ function setLive(s, label) {
 }
 
 function connect() {
+  clearTimeout(state.retryTimer);
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  // the token goes in the first message, not the URL (URLs end up in logs)
   const ws = new WebSocket(`${proto}//${location.host}/api/v1/stream`);
   state.ws = ws;
   setLive("connecting", state.connectedOnce ? "reconnecting" : "connecting");
   ws.onopen = () => ws.send(JSON.stringify({ token: state.token }));
-  ws.onmessage = (ev) => onFrame(JSON.parse(ev.data));
+  ws.onmessage = (ev) => {
+    if (state.ws !== ws) return;
+    watch(ws);
+    let frame;
+    try { frame = JSON.parse(ev.data); } catch { return; }
+    onFrame(frame);
+  };
   ws.onclose = (ev) => {
     if (state.ws !== ws) return;
     state.ws = null;
+    clearTimeout(state.watchdog);
     if (ev.code === 4401) { logout("That token was not accepted."); return; }
-    setLive("offline", "offline");
-    const delay = Math.min(10000, 500 * 2 ** state.wsAttempt++) * (0.75 + Math.random() / 2);
-    setTimeout(() => { if (state.token) connect(); }, delay);
+    setLive("offline", ev.code === 1013 ? "catching up" : "offline");
+    // 1013: this tab fell behind; come back at once and catch up. Otherwise back off.
+    const base = ev.code === 1013 ? 200 : Math.min(10000, 500 * 2 ** state.wsAttempt++);
+    const delay = base * (0.75 + Math.random() / 2);
+    state.retryTimer = setTimeout(() => { if (state.token && !state.ws) connect(); }, delay);
   };
+  watch(ws);
+}
+
+function watch(ws) {
+  // heartbeats every 25 s: a link that stays silent much longer is dead (sleep, proxy, Wi-Fi)
+  clearTimeout(state.watchdog);
+  state.watchdog = setTimeout(() => { if (state.ws === ws) ws.close(); }, SILENCE_MS);
+}
+
+function disconnect() {
+  clearTimeout(state.retryTimer);
+  clearTimeout(state.watchdog);
+  const ws = state.ws;
+  state.ws = null;
+  if (ws) ws.close(1000);
 }
 
 function resumeCursor() {
@@ -404,16 +528,15 @@ function cmpCursor(a, b) {
   return ax === bx ? (as < bs ? -1 : as > bs ? 1 : 0) : ax < bx ? -1 : 1;
 }
 
-async function catchUp() {
-  let after = resumeCursor();
-  if (!after) return;
+async function catchUp(from) {
+  let after = from;
   for (let page = 0; page < 20 && after; page++) {
     const body = await api("/api/v1/messages", { after, limit: 500 });
     for (const m of body.items) onCreated(m, null);
     if (body.items.length < 500) break;
     after = body.next;
   }
-  // missed updates and analyses: refresh what is on screen
+  // updates and analyses are not in that list: refresh what is on screen
   const [inst] = await Promise.all([api("/api/v1/instances"), loadChats()]);
   setInstances(inst.items);
   await loadMessages();
@@ -428,39 +551,43 @@ function onCreated(m, cursor) {
   }
   touchChat(m);
   upsertMessageView(m, isNew);
-  renderChats();
-  renderTrend();
+  scheduleSide();
 }
 
 function onFrame(f) {
   switch (f.type) {
     case "ready": {
-      const resumed = state.connectedOnce;
+      // after a reconnect: page through what arrived while away, from where we were
+      const from = state.connectedOnce ? resumeCursor() : null;
       state.connectedOnce = true;
       state.wsAttempt = 0;
-      setLive("live", "live");
-      if (resumed) catchUp().catch(() => {});
       state.readyCursor = f.cursor;
       state.cursors = [];
+      setLive("live", "live");
       if (f.tenant) $("tenant-name").textContent = f.tenant;
+      if (from) catchUp(from).catch(() => {});
       break;
     }
     case "message.created":
       onCreated(f.message, f.cursor);
       break;
-    case "message.updated":
+    case "message.updated": {
+      const isNew = !state.messages.has(keyOf(f.message));
       remember(f.message);
       touchChat(f.message);
-      upsertMessageView(f.message, false);
-      renderChats();
+      upsertMessageView(f.message, isNew);
+      scheduleSide();
       break;
+    }
     case "message.analyzed": {
       const key = `${f.instance}/${f.message_id}`;
       const m = state.messages.get(key);
       if (!m) { state.pendingAnalysis.set(key, f.analysis); break; }
+      const first = m.analysis.state === "pending";
       m.analysis = f.analysis;
+      if (first) rollChat(m, f.analysis);
       upsertMessageView(m, false);
-      renderTrend();
+      scheduleSide();
       break;
     }
     case "instance.state":
@@ -468,9 +595,12 @@ function onFrame(f) {
       state.instances.set(f.instance.name, f.instance);
       renderInstances();
       break;
-    case "resync":
-      catchUp().catch(() => {});
+    case "resync": {
+      // the server may have missed events for us: same as a reconnect, minus the reconnect
+      const from = resumeCursor();
+      if (from) catchUp(from).catch(() => {});
       break;
+    }
     default:
       break; // heartbeat, pong, and types added later
   }
@@ -482,10 +612,14 @@ document.addEventListener("DOMContentLoaded", () => {
   $("login-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     $("login-error").textContent = "";
+    const button = $("login-form").querySelector("button");
+    button.disabled = true;
     try {
-      await login($("token").value.trim());
+      await login($("token").value.trim(), $("remember").checked);
     } catch (err) {
       $("login-error").textContent = err.message;
+    } finally {
+      button.disabled = false;
     }
   });
   $("logout").addEventListener("click", () => logout(""));
@@ -495,12 +629,16 @@ document.addEventListener("DOMContentLoaded", () => {
     const q = $("q").value.trim();
     if (q) search(q, $("mode").value); else closeResults();
   });
+  $("mode").addEventListener("change", () => {
+    const q = $("q").value.trim();
+    if (q && !$("results").hidden) search(q, $("mode").value);
+  });
   $("q").addEventListener("search", () => { if (!$("q").value) closeResults(); });
   $("results-close").addEventListener("click", () => { $("q").value = ""; closeResults(); });
   $("chat-sub").textContent = "Live, newest at the bottom";
-  const saved = localStorage.getItem(TOKEN_KEY);
+  const saved = sessionStorage.getItem(TOKEN_KEY) || localStorage.getItem(TOKEN_KEY);
   if (saved) {
-    login(saved).catch((err) => logout(err.message));
+    login(saved, localStorage.getItem(TOKEN_KEY) === saved).catch((err) => logout(err.message));
   } else {
     $("login").hidden = false;
     $("token").focus();

@@ -309,3 +309,30 @@ async def test_search_plans_use_an_index_and_the_tenant_filter(conn: asyncpg.Con
         # the tenant's full top-k, nearest first, never another tenant's rows
         assert len(rows) == 20
         assert {r["text"].split()[1] for r in rows[:5]} == {"boleto"}
+
+
+async def test_semantic_search_is_planned_for_each_tenant_not_from_the_cache(
+    conn: asyncpg.Connection,
+) -> None:
+    # asyncpg prepares every statement and Postgres may then reuse a generic plan: one made
+    # for the average tenant, tiny among many. After a run of mid-size tenants it would scan a
+    # big tenant's every row; the search settings make each search plan for its own tenant.
+    *tenants, big = await _many_tenants(conn, [10] * 300 + [300] * 10 + [8000])
+    mids = tenants[-10:]
+    vector = search.vector_literal(fake_embed(["boleto"])[0])
+    statement = db.q("search_semantic").replace("$2::text::vector", "$2::vector")
+    async with conn.transaction():
+        await conn.execute(db.q("search_semantic_settings"))
+        await conn.execute(f"PREPARE nearest(uuid, vector, uuid, text, int) AS {statement}")
+        try:
+            for tenant_id in mids:
+                await conn.fetch(f"EXECUTE nearest('{tenant_id}', '{vector}', NULL, NULL, 20)")
+            plan = "\n".join(
+                r[0]
+                for r in await conn.fetch(
+                    f"EXPLAIN EXECUTE nearest('{big}', '{vector}', NULL, NULL, 20)"
+                )
+            )
+        finally:
+            await conn.execute("DEALLOCATE nearest")
+    assert "messages_embedding" in plan, plan
