@@ -158,7 +158,7 @@ async def search(request: Request) -> Response:
         if inst is None:
             return error(404, "not_found", f"no instance {params['instance']!r}")
         instance_id = inst.instance_id
-    chat = params.get("chat") or None
+    chat = api.chat_forms(params.get("chat") or None)  # any form of the chat JID (§7)
     if mode == "text":
         rows = await services.pool.fetch(
             db.q("search_text"), tenant.tenant_id, query, instance_id, chat, limit
@@ -189,7 +189,7 @@ async def semantic_rows(
     tenant_id: uuid.UUID,
     vector: list[float],
     instance_id: uuid.UUID | None,
-    chat: str | None,
+    chat: list[str] | None,
     limit: int,
 ) -> list[Any]:
     async with services.pool.acquire() as conn, conn.transaction():

@@ -606,7 +606,13 @@ async def start(settings: Settings, pool: asyncpg.Pool, registry: Registry) -> L
         redis = aioredis.Redis.from_url(settings.redis_url, health_check_interval=30)
     elif settings.workers > 1:
         log.warning("no SENSE_REDIS_URL: live clients only see what their own process ingests")
-    live = Live(pool, registry, redis)
+    live = Live(
+        pool,
+        registry,
+        redis,
+        buffer_frames=settings.stream_buffer_frames,
+        buffer_bytes=settings.stream_buffer_bytes,
+    )
     await live.start()
     return live
 
@@ -724,7 +730,7 @@ async def messages_after(request: Request, tenant: Any) -> Response:
         db.q("list_messages_after"),
         tenant.tenant_id,
         instance_id,
-        params.get("chat") or None,
+        api.chat_forms(params.get("chat") or None),
         str(xid),
         seq,
         limit,

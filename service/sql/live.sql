@@ -33,7 +33,7 @@ SELECT instance_id, message_id, chat_jid, chat_type, sender_jid, sender_phone, f
 FROM messages
 WHERE tenant_id = $1 AND has_content
   AND ($2::uuid IS NULL OR instance_id = $2)
-  AND ($3::text IS NULL OR chat_jid = $3)
+  AND ($3::text[] IS NULL OR chat_jid = ANY($3))
   AND (content_xid, seq) > ($4::text::xid8, $5::bigint)
   AND content_xid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY content_xid, seq
@@ -57,7 +57,7 @@ recent AS (
     WHERE m.tenant_id = $1 AND m.has_content AND NOT m.deleted
       AND to_tsvector('sense_pt', coalesce(m.edited_text, m.text)) @@ q.query
       AND ($3::uuid IS NULL OR m.instance_id = $3)
-      AND ($4::text IS NULL OR m.chat_jid = $4)
+      AND ($4::text[] IS NULL OR m.chat_jid = ANY($4))
     ORDER BY m.message_ts DESC, m.seq DESC
     LIMIT 1000
 ),
@@ -88,7 +88,7 @@ SELECT * FROM (
     FROM messages AS m
     WHERE m.tenant_id = $1 AND m.has_content AND NOT m.deleted AND m.embedding IS NOT NULL
       AND ($3::uuid IS NULL OR m.instance_id = $3)
-      AND ($4::text IS NULL OR m.chat_jid = $4)
+      AND ($4::text[] IS NULL OR m.chat_jid = ANY($4))
     ORDER BY m.embedding <=> $2::text::vector
     LIMIT $5
 ) AS nearest

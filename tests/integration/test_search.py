@@ -142,6 +142,8 @@ async def test_text_search_follows_edits_deletes_and_filters(deployment: Deploym
     assert await ids(deployment, "acme", "original") == []
     assert sorted(await ids(deployment, "acme", "boleto")) == ["B1", "E1"]
     assert await ids(deployment, "acme", "boleto", chat="5511911112222@s.whatsapp.net") == ["B1"]
+    # any form of the chat's JID names it (device suffix, @c.us)
+    assert await ids(deployment, "acme", "boleto", chat="5511911112222:7@c.us") == ["B1"]
     assert await ids(deployment, "acme", "boleto", limit=1) in (["B1"], ["E1"])
 
 
@@ -323,7 +325,7 @@ async def test_semantic_search_is_planned_for_each_tenant_not_from_the_cache(
     statement = db.q("search_semantic").replace("$2::text::vector", "$2::vector")
     async with conn.transaction():
         await conn.execute(db.q("search_semantic_settings"))
-        await conn.execute(f"PREPARE nearest(uuid, vector, uuid, text, int) AS {statement}")
+        await conn.execute(f"PREPARE nearest(uuid, vector, uuid, text[], int) AS {statement}")
         try:
             for tenant_id in mids:
                 await conn.fetch(f"EXECUTE nearest('{tenant_id}', '{vector}', NULL, NULL, 20)")
