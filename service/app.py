@@ -96,8 +96,7 @@ class Services:
         """Replay quarantine for newly registered instances (None: for every registered one,
         as at start-up), once the batch in flight — which may still have quarantined them
         under the old map — is committed."""
-        with contextlib.suppress(Exception):
-            await self.batcher.submit(Ops())
+        await self.batcher.settled()
         targets: list[tuple[str | None, str | None]] = (
             [(None, None)] if instances is None else [(str(i.source_id), i.name) for i in instances]
         )
@@ -276,12 +275,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         assert dsn is not None
         pool = await db.create_pool(dsn, settings.db_pool_size, settings.db_timeout_seconds)
         registry = Registry()
-        writer = Writer(dsn, settings.db_timeout_seconds)
         batcher = Batcher(
-            writer,
+            [Writer(dsn, settings.db_timeout_seconds) for _ in range(settings.flushers)],
             max_queued=settings.queue_max_requests,
             max_batch_rows=settings.batch_max_rows,
             max_batch_requests=settings.batch_max_requests,
+            linger=settings.batch_linger_seconds,
             on_flush=_observe_flush,
             on_depth=metrics.QUEUE_DEPTH.set,
         )

@@ -160,7 +160,7 @@ def prepare_metrics_dir(data_dir: Path) -> None:
 
 def serve(settings: Settings, workers: int) -> None:
     from granian import Granian
-    from granian.constants import Interfaces, RuntimeModes
+    from granian.constants import Interfaces, Loops, RuntimeModes
 
     prepare_metrics_dir(settings.data_path)
 
@@ -178,6 +178,7 @@ def serve(settings: Settings, workers: int) -> None:
         # one Rust thread per worker feeding one event loop: less cross-thread wake-up work per
         # request than the multi-threaded runtime (bench/RESULTS.md, Granian settings)
         runtime_mode=RuntimeModes.st,
+        loop=Loops.uvloop,
         respawn_failed_workers=True,
     ).serve()
 

@@ -211,29 +211,47 @@ class _Item:
     future: asyncio.Future[str]
 
 
+# Two flushers writing overlapping keys at once wait on each other's row locks; should they
+# still deadlock (Postgres picks one), the loser's batch is simply written again.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
 class Batcher:
-    """The bounded in-process queue and its single flusher."""
+    """The bounded in-process queue and its flushers, one per writer (connection).
+
+    Each flusher takes everything waiting (up to the caps) and writes it in one transaction.
+    With more than one, a batch is written while the previous one commits: the wait for the
+    commit (WAL flush) is overlapped instead of serialised, and the merges are commutative, so
+    which flusher commits first does not matter."""
 
     def __init__(
         self,
-        writer: Writer,
+        writers: list[Writer],
         *,
         max_queued: int,
         max_batch_rows: int,
         max_batch_requests: int,
         on_flush: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        linger: float = 0.0,
     ) -> None:
-        self.writer = writer
+        if not writers:
+            raise ValueError("a batcher needs at least one writer")
+        self.writers = writers
         self.max_queued = max_queued
         self.max_batch_rows = max_batch_rows
         self.max_batch_requests = max_batch_requests
+        self.linger = linger
         self.hooks: list[CommitHook] = []
         self.on_flush = on_flush
         self.on_depth = on_depth
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Future[str]] = set()
         self._closing = False
         self._hook_tasks: set[asyncio.Task[None]] = set()
         self._down_until = 0.0
@@ -243,7 +261,16 @@ class Batcher:
         return len(self._queue)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sense-flusher")
+        self._tasks = [
+            asyncio.create_task(self._run(writer), name=f"sense-flusher-{n}")
+            for n, writer in enumerate(self.writers)
+        ]
+
+    async def settled(self) -> None:
+        """Return once everything submitted before this call is committed or answered."""
+        pending = [item.future for item in self._queue] + list(self._inflight)
+        if pending:
+            await asyncio.wait(pending)  # never cancels them (gather would)
 
     async def submit(self, ops: Ops, fallback: Fallback | None = None) -> str:
         """Queue ``ops`` and wait until they are committed. Returns "stored" or "quarantined"
@@ -263,11 +290,12 @@ class Batcher:
         """Stop taking requests, write everything queued, then stop."""
         self._closing = True
         self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        if self._tasks:
+            await asyncio.gather(*self._tasks)
         if self._hook_tasks:
             await asyncio.gather(*self._hook_tasks, return_exceptions=True)
-        await self.writer.close()
+        for writer in self.writers:
+            await writer.close()
 
     def _take(self) -> list[_Item]:
         batch: list[_Item] = []
@@ -281,7 +309,8 @@ class Batcher:
             rows += n
         return batch
 
-    async def _run(self) -> None:
+    async def _run(self, writer: Writer) -> None:
+        last_batch = 0
         while True:
             if not self._queue:
                 if self._closing:
@@ -289,20 +318,37 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if last_batch > 1 and self.linger > 0 and len(self._queue) < self.max_batch_requests:
+                # Under load (the last batch was not a lone request), the requests answered by
+                # the last commit are about to come back: a moment's wait makes this batch
+                # bigger, and a flush's fixed cost (round trips, the commit) is shared by more.
+                await asyncio.sleep(self.linger)
             batch = self._take()
+            last_batch = len(batch)
+            if self._queue:
+                self._wakeup.set()  # more is waiting: an idle flusher takes it meanwhile
             if self.on_depth is not None:
                 self.on_depth(len(self._queue))
-            await self._flush(batch)
+            futures = [item.future for item in batch]
+            self._inflight.update(futures)
+            try:
+                await self._flush(writer, batch)
+            finally:
+                self._inflight.difference_update(futures)
 
-    async def _flush(self, batch: list[_Item]) -> None:
+    async def _flush(self, writer: Writer, batch: list[_Item]) -> None:
         ops = Ops()
         for item in batch:
             ops.extend(item.ops)
         started = time.perf_counter()
         try:
-            committed = await self.writer.write(ops)
+            try:
+                committed = await writer.write(ops)
+            except TRANSIENT_ERRORS as exc:
+                log.info("batch of %d: %s; writing it again", len(batch), exc.__class__.__name__)
+                committed = await writer.write(ops)
         except db.UNAVAILABLE_ERRORS as exc:
-            self.writer.reset()
+            writer.reset()
             log.warning("database unavailable: %s", exc.__class__.__name__)
             # Fail fast for a moment instead of making every request wait for a dead server.
             self._down_until = time.monotonic() + 0.5
@@ -311,7 +357,7 @@ class Batcher:
             return
         except Exception as exc:  # bad data in one of the requests: find it
             log.warning("batch of %d failed (%s); writing one by one", len(batch), exc)
-            await self._flush_one_by_one(batch)
+            await self._flush_one_by_one(writer, batch)
             return
         elapsed = time.perf_counter() - started
         for item in batch:
@@ -320,27 +366,27 @@ class Batcher:
             self.on_flush(committed.rows, elapsed)
         self.run_hooks(committed)
 
-    async def _flush_one_by_one(self, batch: list[_Item]) -> None:
+    async def _flush_one_by_one(self, writer: Writer, batch: list[_Item]) -> None:
         for item in batch:
             try:
-                committed = await self.writer.write(item.ops)
+                committed = await writer.write(item.ops)
             except db.UNAVAILABLE_ERRORS as exc:
-                self.writer.reset()
+                writer.reset()
                 _settle(item.future, exc=Unavailable(str(exc.__class__.__name__)))
                 continue
             except Exception as exc:
-                _settle(item.future, **await self._quarantine(item, exc))
+                _settle(item.future, **await self._quarantine(writer, item, exc))
                 continue
             _settle(item.future, result="stored")
             self.run_hooks(committed)
 
-    async def _quarantine(self, item: _Item, error: Exception) -> dict[str, Any]:
+    async def _quarantine(self, writer: Writer, item: _Item, error: Exception) -> dict[str, Any]:
         if item.fallback is None:
             return {"exc": error}
         fb = item.fallback
         reason = f"write failed: {error.__class__.__name__}: {error}"[:500]
         try:
-            await self.writer.write(
+            await writer.write(
                 Ops(
                     quarantine=[
                         (
@@ -355,7 +401,7 @@ class Batcher:
             )
         except Exception as exc:
             if isinstance(exc, db.UNAVAILABLE_ERRORS):
-                self.writer.reset()
+                writer.reset()
             return {"exc": Unavailable(exc.__class__.__name__)}
         log.error("event kept in quarantine: %s", reason)
         return {"result": "quarantined"}

@@ -29,11 +29,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     queue_max_requests: int = 20_000
     batch_max_rows: int = 5_000
     batch_max_requests: int = 2_000
+    batch_linger_seconds: float = 0.001  # under load, wait this long for a batch to fill
+    flushers: int = 1  # concurrent group commits per process, each on its own connection
     db_pool_size: int = 6
     db_timeout_seconds: float = 10.0
     retry_after_seconds: int = 2
     registry_refresh_seconds: float = 30.0
     log_level: str = "info"
+    stream_buffer_frames: int = 5_000  # per live WebSocket client; past either limit it is
+    stream_buffer_bytes: int = 2 * 1024 * 1024  # dropped (close 1013) and catches up later
     bench_routes: bool = False  # mount bench/'s null-ceiling and naive-baseline routes
     # enrichment (workers/): the analyzer provider and how work is queued
     ai_provider: str = "local"  # local (offline, packaged models) | openai (compatible HTTP API)
@@ -82,8 +86,11 @@ _POSITIVE = {
     "queue_max_requests",
     "batch_max_rows",
     "batch_max_requests",
+    "flushers",
     "db_pool_size",
     "retry_after_seconds",
+    "stream_buffer_frames",
+    "stream_buffer_bytes",
     "ai_timeout_seconds",
     "ai_batch_size",
     "ai_circuit_threshold",
