@@ -28,13 +28,8 @@ from typing import Any
 
 import msgspec
 
-MIX = (
-    ("messages.upsert", 0.60),
-    ("messages.update", 0.20),
-    ("send.message", 0.08),
-    ("contacts.upsert", 0.06),
-    ("presence.update", 0.06),
-)
+from service.simulate import MIX  # the same event mix as `sense simulate`
+
 KIND = {
     "messages.upsert": "m",
     "send.message": "m",

@@ -182,6 +182,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     return ts, position
 
 
+def instance_filter(request: Request, tenant: Tenant) -> uuid.UUID | None:
+    """The ``instance=`` query parameter as this tenant's instance id (None when absent);
+    LookupError naming it when the tenant has no such instance (answer 404)."""
+    name = request.query_params.get("instance")
+    if not name:
+        return None
+    services: Services = request.app.state.services
+    inst = services.registry.tenant_instance(tenant.tenant_id, name)
+    if inst is None:
+        raise LookupError(f"no instance {name!r}")
+    return inst.instance_id
+
+
 def chat_forms(chat: str | None) -> list[str] | None:
     """Every JID one conversation may be filed as: ``@c.us`` or a device suffix name the same
     chat, and a number with a second form (BR 9th digit, MX 1, AR 9) is one person (§7)."""
@@ -209,12 +222,10 @@ async def list_messages(request: Request) -> Response:
         before = decode_cursor(params["before"]) if params.get("before") else None
     except ValueError as exc:
         return error(400, "invalid_parameter", str(exc))
-    instance_id = None
-    if params.get("instance"):
-        inst = services.registry.tenant_instance(tenant.tenant_id, params["instance"])
-        if inst is None:
-            return error(404, "not_found", f"no instance {params['instance']!r}")
-        instance_id = inst.instance_id
+    try:
+        instance_id = instance_filter(request, tenant)
+    except LookupError as exc:
+        return error(404, "not_found", str(exc))
     rows = await services.pool.fetch(
         db.q("list_messages"),
         tenant.tenant_id,
@@ -259,12 +270,10 @@ async def list_chats(request: Request) -> Response:
         limit = _int_param(request, "limit", 100, 1, 1000)
     except ValueError as exc:
         return error(400, "invalid_parameter", str(exc))
-    instance_id = None
-    if request.query_params.get("instance"):
-        inst = services.registry.tenant_instance(tenant.tenant_id, request.query_params["instance"])
-        if inst is None:
-            return error(404, "not_found", "no such instance")
-        instance_id = inst.instance_id
+    try:
+        instance_id = instance_filter(request, tenant)
+    except LookupError as exc:
+        return error(404, "not_found", str(exc))
     rows = await services.pool.fetch(db.q("list_chats"), tenant.tenant_id, instance_id, limit)
     names = services.instance_names(tenant.tenant_id)
     items = []

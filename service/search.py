@@ -152,12 +152,10 @@ async def search(request: Request) -> Response:
         limit = api._int_param(request, "limit", 20, 1, 100)
     except ValueError as exc:
         return error(400, "invalid_parameter", str(exc))
-    instance_id = None
-    if params.get("instance"):
-        inst = services.registry.tenant_instance(tenant.tenant_id, params["instance"])
-        if inst is None:
-            return error(404, "not_found", f"no instance {params['instance']!r}")
-        instance_id = inst.instance_id
+    try:
+        instance_id = api.instance_filter(request, tenant)
+    except LookupError as exc:
+        return error(404, "not_found", str(exc))
     chat = api.chat_forms(params.get("chat") or None)  # any form of the chat JID (§7)
     if mode == "text":
         rows = await services.pool.fetch(

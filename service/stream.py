@@ -720,12 +720,10 @@ async def messages_after(request: Request, tenant: Any) -> Response:
         xid, seq = decode_position(params["after"])
     except ValueError as exc:
         return error(400, "invalid_parameter", str(exc))
-    instance_id = None
-    if params.get("instance"):
-        inst = services.registry.tenant_instance(tenant.tenant_id, params["instance"])
-        if inst is None:
-            return error(404, "not_found", f"no instance {params['instance']!r}")
-        instance_id = inst.instance_id
+    try:
+        instance_id = api.instance_filter(request, tenant)
+    except LookupError as exc:
+        return error(404, "not_found", str(exc))
     rows = await services.pool.fetch(
         db.q("list_messages_after"),
         tenant.tenant_id,
