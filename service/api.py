@@ -103,12 +103,17 @@ def _reactions(raw: Any) -> list[Reaction]:
     return [Reaction(by, r["emoji"]) for by, r in items if r.get("emoji")]
 
 
+def rounded_sentiment(value: float | None) -> float | None:
+    """Four decimals: the column is a real (0.636 reads back as 0.6359999775886536), and the
+    live frame and the resource must say the same."""
+    return None if value is None else round(value, 4)
+
+
 def message_from_row(r: Any, instance_name: str) -> Message:
     state = r["analysis_state"]
     analysis = Analysis(
         state="done" if state == "skipped" else state,
-        # a real: 0.636 reads back as 0.6359999775886536
-        sentiment=None if r["sentiment"] is None else round(r["sentiment"], 4),
+        sentiment=rounded_sentiment(r["sentiment"]),
         emotion=r["emotion"],
         satisfaction=r["satisfaction"],
         analyzable=state != "skipped",
@@ -289,7 +294,7 @@ async def list_chats(request: Request) -> Response:
                 unread=r["unread"],
                 last_message_at=iso(r["last_message_ts"]),
                 last_message=last,
-                sentiment=None if r["avg_sentiment"] is None else round(r["avg_sentiment"], 4),
+                sentiment=rounded_sentiment(r["avg_sentiment"]),
                 satisfaction=r["avg_satisfaction"],
                 analyzed_messages=r["analyzed_messages"] or 0,
             )

@@ -195,7 +195,7 @@ def publish_analyzed(
 def analysis_of(item: AnalyzedItem) -> api.Analysis:
     return api.Analysis(
         state="done" if item.state == "skipped" else item.state,
-        sentiment=item.sentiment,
+        sentiment=api.rounded_sentiment(item.sentiment),
         emotion=item.emotion,
         satisfaction=item.satisfaction,
         analyzable=item.state != "skipped",

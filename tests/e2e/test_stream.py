@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -327,31 +330,44 @@ async def test_instance_qrcode_and_state_frames(live: Live) -> None:
     await ws.close()
 
 
-async def test_analyzed_follows_created_for_the_same_message(live: Live) -> None:
+@pytest.fixture
+def worker(live: Live, tmp_path: Path) -> Iterator[Path]:
+    """A real `sense worker` on the live server's database and Redis; yields its log."""
+    log = tmp_path / "worker.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker", "--processes", "1"],
+        env=live.server.env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def test_analyzed_follows_created_for_the_same_message(live: Live, worker: Path) -> None:
+    """The real enrichment worker: created first, then analyzed, on every socket."""
     sockets = [(await live.open("acme"))[0] for _ in range(2)]
     message_id = uid("S")
-    live.post(upsert("acme-main", message_id, "adorei o atendimento"))
-    for ws in sockets:
-        await frames_until(ws, is_message(message_id))
-    await analyse(live.database_url, live.redis_url, "acme-main", message_id)
+    live.post(upsert("acme-main", message_id, "Adorei o atendimento, muito obrigado!"))
     for ws in sockets:
         frames = await frames_until(ws, is_message(message_id, "message.analyzed"))
-        assert frames[-1] == {
-            "type": "message.analyzed",
-            "instance": "acme-main",
-            "message_id": message_id,
-            "analysis": {
-                "state": "done",
-                "sentiment": 0.8,
-                "emotion": "alegria",
-                "satisfaction": 90,
-                "analyzable": True,
-                "error": None,
-            },
-        }
+        kinds = [f["type"] for f in frames if message_id_of(f) == message_id]
+        assert kinds == ["message.created", "message.analyzed"], kinds
+        analysis = frames[-1]["analysis"]
+        assert frames[-1]["instance"] == "acme-main"
+        assert analysis["state"] == "done" and analysis["analyzable"] is True
+        assert analysis["sentiment"] > 0.3 and analysis["satisfaction"] >= 65, analysis
         await ws.close()
     got = live.get("acme", f"/api/v1/messages/acme-main/{message_id}")
-    assert got["analysis"]["state"] == "done" and got["analysis"]["satisfaction"] == 90
+    assert got["analysis"] == analysis  # the frame and the resource say the same
 
 
 # slow consumers --------------------------------------------------------------------------------
