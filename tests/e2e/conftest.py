@@ -39,6 +39,21 @@ def sense(*args: str, env: dict[str, str]) -> dict:  # type: ignore[type-arg]
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+# Every server a test starts; each test module checks at its end that none was left running
+# (a leaked server keeps following the registry, and would replay the quarantine of the tests
+# that come after it).
+STARTED: list[Server] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_server_left_running() -> Iterator[None]:
+    yield
+    left = [s for s in STARTED if s.process.poll() is None]
+    for server in left:
+        server.stop()
+    assert not left, f"tests left {len(left)} server(s) running: {[s.url for s in left]}"
+
+
 @dataclass
 class Server:
     url: str
@@ -77,6 +92,7 @@ def start_server(database_url: str, tmp: Path, workers: int = 2, **env_extra: st
         start_new_session=True,
     )
     server = Server(f"http://127.0.0.1:{port}", env, process, log)
+    STARTED.append(server)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

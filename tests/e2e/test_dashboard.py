@@ -30,7 +30,7 @@ from playwright.async_api import (
     expect,
 )
 
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import STARTED, Server, start_server
 from tests.e2e.test_stream import Live, analyse, uid
 from tests.integration.conftest import status_update, upsert
 
@@ -44,10 +44,12 @@ expect.set_options(timeout=TIMEOUT)
 @pytest.fixture
 def live(clean_db: str, redis_url: str, tmp_path: Path) -> Iterator[Live]:
     server: Server = start_server(clean_db, tmp_path, workers=2, SENSE_REDIS_URL=redis_url)
+    running = Live(server, clean_db, redis_url)
     try:
-        yield Live(server, clean_db, redis_url)
+        yield running
     finally:
         server.stop()
+        running.server.stop()  # the one restart() put in its place, if any
 
 
 @pytest.fixture
@@ -72,6 +74,7 @@ def restart(old: Server) -> Server:
         start_new_session=True,
     )
     server = Server(old.url, old.env, process, old.log)
+    STARTED.append(server)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert process.poll() is None, old.log.read_text()
