@@ -107,6 +107,29 @@ def start_server(database_url: str, tmp: Path, workers: int = 2, **env_extra: st
     raise RuntimeError(f"server not ready:\n{log.read_text()}")
 
 
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A real `sense worker` (one process) with a server's settings; stop it with stop()."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker", "--processes", "1", "--threads", "2"],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 @pytest.fixture
 def clean_db(database_url: str) -> str:
     import asyncio

@@ -1,17 +1,14 @@
 """WS /api/v1/stream against the real server (two Granian workers, so every event crosses
 processes through Redis pub/sub), driven with the ``websockets`` client.
 
-message.analyzed comes from a stand-in for the enrichment worker that does exactly what it does
-after analysing: UPDATE the row's analysis columns, then ``stream.publish_analyzed``."""
+message.analyzed comes from a real `sense worker` (the ``worker`` fixture)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,14 +17,13 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from service import stream
 from service.embedded import EmbeddedRedis
 from tests.conftest import DATA_TABLES
-from tests.e2e.conftest import ADMIN, Server, start_server
+from tests.e2e.conftest import ADMIN, Server, start_server, start_worker, stop
 from tests.integration.conftest import status_update, upsert
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +39,7 @@ class Live:
         self.server = server
         self.database_url = database_url
         self.redis_url = redis_url
+        self.worker: subprocess.Popen[bytes] | None = None  # a real `sense worker`, if started
         self.http = httpx.Client(base_url=server.url, timeout=10)
         self.tokens: dict[str, str] = {}
         admin = {"Authorization": f"Bearer {ADMIN}"}
@@ -141,43 +138,6 @@ def message_id_of(frame: Frame) -> str | None:
 
 def uid(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:12].upper()}"
-
-
-async def analyse(
-    database_url: str,
-    redis_url: str,
-    instance: str,
-    message_id: str,
-    sentiment: float = 0.8,
-    emotion: str = "alegria",
-    satisfaction: int = 90,
-) -> None:
-    """Stand-in for the enrichment worker: commit the analysis, then publish it."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        row = await conn.fetchrow(
-            "UPDATE messages AS m SET analysis_state = 'done', sentiment = $3,"
-            " emotion = $4, satisfaction = $5, analyzed_at = now()"
-            " FROM instances AS i WHERE i.tenant_id = m.tenant_id"
-            " AND i.instance_id = m.instance_id AND i.name = $1 AND m.message_id = $2"
-            " RETURNING m.tenant_id, m.instance_id",
-            instance,
-            message_id,
-            sentiment,
-            emotion,
-            satisfaction,
-        )
-    finally:
-        await conn.close()
-    assert row is not None
-    client = redis.Redis.from_url(redis_url)
-    try:
-        item = stream.AnalyzedItem(
-            row["instance_id"], message_id, "done", sentiment, emotion, satisfaction
-        )
-        assert stream.publish_analyzed(client, row["tenant_id"], [item]) == 1
-    finally:
-        client.close()
 
 
 # authentication ---------------------------------------------------------------------------------
@@ -334,22 +294,11 @@ async def test_instance_qrcode_and_state_frames(live: Live) -> None:
 def worker(live: Live, tmp_path: Path) -> Iterator[Path]:
     """A real `sense worker` on the live server's database and Redis; yields its log."""
     log = tmp_path / "worker.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "worker", "--processes", "1"],
-        env=live.server.env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    process = start_worker(live.server.env, log)
     try:
         yield log
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 async def test_analyzed_follows_created_for_the_same_message(live: Live, worker: Path) -> None:
