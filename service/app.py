@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,8 +84,8 @@ class Services:
     def quarantine_ops(self, source_id: uuid.UUID, env: Envelope, body: bytes) -> Ops:
         return Ops(quarantine=[(source_id, env.instance, env.event, "unknown instance", body)])
 
-    def instance_names(self, tenant_id: uuid.UUID) -> dict[uuid.UUID, str]:
-        return {i.instance_id: i.name for i in self.registry.tenant_instances(tenant_id)}
+    def instance_names(self, tenant_id: uuid.UUID) -> Mapping[uuid.UUID, str]:
+        return self.registry.instance_names(tenant_id)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

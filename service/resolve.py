@@ -14,8 +14,9 @@ import hashlib
 import hmac
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import asyncpg
 
@@ -24,6 +25,7 @@ from service import db
 log = logging.getLogger("sense.resolve")
 
 CHANNEL = "sense_registry"
+_NO_NAMES: Mapping[uuid.UUID, str] = MappingProxyType({})
 
 
 def digest(secret: str) -> bytes:
@@ -69,6 +71,9 @@ class Snapshot:
     tenants: dict[uuid.UUID, Tenant] = field(default_factory=dict)
     instances: dict[tuple[uuid.UUID, str], Instance] = field(default_factory=dict)
     instances_by_tenant: dict[tuple[uuid.UUID, str], Instance] = field(default_factory=dict)
+    # tenant -> {instance id: name}: the stream and the read API name rows with it per flush
+    # and per request, so it must not cost a scan of every tenant's instances
+    names_by_tenant: dict[uuid.UUID, dict[uuid.UUID, str]] = field(default_factory=dict)
 
 
 class Registry:
@@ -105,8 +110,9 @@ class Registry:
     def tenant_instance(self, tenant_id: uuid.UUID, name: str) -> Instance | None:
         return self.snapshot.instances_by_tenant.get((tenant_id, name))
 
-    def tenant_instances(self, tenant_id: uuid.UUID) -> list[Instance]:
-        return [i for i in self.snapshot.instances.values() if i.tenant_id == tenant_id]
+    def instance_names(self, tenant_id: uuid.UUID) -> Mapping[uuid.UUID, str]:
+        """{instance id: name} of one tenant's instances (shared: do not modify)."""
+        return self.snapshot.names_by_tenant.get(tenant_id, _NO_NAMES)
 
     def on_new_instances(self, callback: Callable[[list[Instance]], None]) -> None:
         self._on_new_instances.append(callback)
@@ -132,6 +138,7 @@ class Registry:
             )
             snap.instances[(inst.source_id, inst.name)] = inst
             snap.instances_by_tenant[(inst.tenant_id, inst.name)] = inst
+            snap.names_by_tenant.setdefault(inst.tenant_id, {})[inst.instance_id] = inst.name
         before = self.snapshot.instances
         added = [i for k, i in snap.instances.items() if before.get(k) != i]
         self.snapshot = snap

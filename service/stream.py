@@ -333,7 +333,7 @@ class Relay:
             return
         frames = [bytes(raw).decode() for raw in wire.frames]
         if wire.analyzed:
-            names = {i.instance_id: i.name for i in self.registry.tenant_instances(tenant_id)}
+            names = self.registry.instance_names(tenant_id)
             for item in wire.analyzed:
                 name = names.get(item.instance_id)
                 if name is None:  # not this tenant's instance: never cross tenants
@@ -495,17 +495,13 @@ class Publisher:
                 [k[2] for k in keys],
             )
             by_key = {(r["instance_id"], r["message_id"]): r for r in rows}
-            names: dict[uuid.UUID, dict[uuid.UUID, str]] = {}
             for key in keys:
                 tenant_id, instance_id, message_id = key
                 row = by_key.get((instance_id, message_id))
                 if row is None:
                     continue
-                if tenant_id not in names:
-                    names[tenant_id] = {
-                        i.instance_id: i.name for i in self.registry.tenant_instances(tenant_id)
-                    }
-                message = api.message_from_row(row, names[tenant_id].get(instance_id, "?"))
+                name = self.registry.instance_names(tenant_id).get(instance_id, "?")
+                message = api.message_from_row(row, name)
                 frame: Any
                 if key in created:
                     frame = Created(encode_position(row["content_xid"], row["seq"]), message)
