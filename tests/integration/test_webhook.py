@@ -722,3 +722,37 @@ async def test_nul_and_out_of_range_parameters_get_a_clear_error(deployment: Dep
     assert r.status_code == 422
     # and the API still works afterwards
     assert (await deployment.get("/api/v1/messages", "acme")).status_code == 200
+
+
+async def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    settings = load_settings(
+        {}, database_url=database_url, admin_token="a", queue_max_requests=2, retry_after_seconds=3
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as c:
+            admin = {"Authorization": "Bearer a"}
+            await c.post("/api/admin/tenants", json={"name": "t"}, headers=admin)
+            secret = (await c.post("/api/admin/sources", json={"name": "s"}, headers=admin)).json()[
+                "secret"
+            ]
+            body = {"tenant": "t", "source": "s", "name": "burst"}
+            assert (
+                await c.post("/api/admin/instances", json=body, headers=admin)
+            ).status_code == 201
+            url = f"/api/webhooks/evolution/{secret}"
+            answers = await asyncio.gather(
+                *(c.post(url, json=upsert("burst", f"B{n}")) for n in range(60))
+            )
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
+    for r in answers:
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "3" and r.json()["error"] == "overloaded"
+    stored = {r["message_id"] for r in await conn.fetch("SELECT message_id FROM messages")}
+    acknowledged = {f"B{n}" for n, r in enumerate(answers) if r.status_code == 200}
+    assert acknowledged <= stored  # every 200 was committed
