@@ -20,6 +20,7 @@ from service.resolve import Instance, digest
 log = logging.getLogger("sense.admin")
 
 WEBHOOK_PREFIX = "/api/webhooks/evolution/"
+REFUSED_APIKEY = "refused: apikey does not match the instance's registered key"
 
 
 class AdminError(Exception):
@@ -146,10 +147,20 @@ async def replay_quarantine(
             ops_done: list[int] = []
             for r in rows:
                 inst = Instance(
-                    r["tenant_id"], r["instance_id"], r["source_id"], r["instance_name"], None
+                    r["tenant_id"],
+                    r["instance_id"],
+                    r["source_id"],
+                    r["instance_name"],
+                    r["apikey"],
                 )
                 try:
                     envelope = payloads.envelope_decoder.decode(r["body"])
+                    if not inst.apikey_matches(envelope.apikey):
+                        # what a live post would have got 401 for is never filed: it stays,
+                        # marked, for `sense quarantine list`
+                        await conn.execute(db.q("refuse_quarantine"), r[0], REFUSED_APIKEY)
+                        log.warning("quarantined event %s refused: apikey mismatch", r[0])
+                        continue
                     built = build_ops(envelope, inst)
                 except (msgspec.DecodeError, msgspec.ValidationError, PayloadError) as exc:
                     log.warning("quarantined event %s cannot be replayed: %s", r[0], exc)

@@ -411,16 +411,22 @@ SELECT source_id, name FROM sources WHERE source_id = $1 OR name = $2 ORDER BY s
 INSERT INTO instances (tenant_id, instance_id, source_id, name, apikey) VALUES ($1, $2, $3, $4, $5)
 
 -- name: claim_quarantine
--- Quarantined events whose instance is registered now, oldest first, locked for this replay.
-SELECT q.quarantine_id, q.source_id, q.instance_name, q.event, q.body, i.tenant_id, i.instance_id
+-- Quarantined events whose instance is registered now, oldest first, locked for this replay;
+-- not those a replay refused already (an apikey that does not match the instance's).
+SELECT q.quarantine_id, q.source_id, q.instance_name, q.event, q.body, i.tenant_id,
+       i.instance_id, i.apikey
 FROM quarantine AS q
 JOIN instances AS i ON i.source_id = q.source_id AND i.name = q.instance_name
 WHERE ($1::uuid IS NULL OR q.source_id = $1)
   AND ($2::text IS NULL OR q.instance_name = $2)
   AND q.quarantine_id > $3
+  AND q.reason NOT LIKE 'refused:%'
 ORDER BY q.quarantine_id
 LIMIT $4
 FOR UPDATE OF q SKIP LOCKED
+
+-- name: refuse_quarantine
+UPDATE quarantine SET reason = $2 WHERE quarantine_id = $1
 
 -- name: delete_quarantine
 DELETE FROM quarantine WHERE quarantine_id = ANY($1::bigint[])

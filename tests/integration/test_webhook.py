@@ -756,3 +756,97 @@ async def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(
     stored = {r["message_id"] for r in await conn.fetch("SELECT message_id FROM messages")}
     acknowledged = {f"B{n}" for n, r in enumerate(answers) if r.status_code == 200}
     assert acknowledged <= stored  # every 200 was committed
+
+
+async def test_replay_checks_the_apikey_like_a_live_post(
+    deployment: Deployment, conn: asyncpg.Connection
+) -> None:
+    # quarantined before the instance existed: a forged key and the right one
+    forged = upsert("keyed", "F1", "forjada")
+    forged["apikey"] = "WRONG-KEY"
+    honest = upsert("keyed", "H1", "verdadeira")
+    honest["apikey"] = "REAL-KEY"
+    for body in (forged, honest):
+        assert (await deployment.post(body)).status_code == 202
+    assert (await deployment.instance("acme", "evo", "keyed", apikey="REAL-KEY")).status_code == 201
+    r = await deployment.admin("/api/admin/quarantine/replay", {"instance": "keyed"})
+    assert r.status_code == 200
+    for _ in range(100):  # registration also replays, in the background
+        if (await deployment.message("acme", "keyed", "H1")).status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert (await deployment.message("acme", "keyed", "H1")).status_code == 200
+    # what a live post would get 401 for is never filed; it stays, marked, in quarantine
+    assert (await deployment.message("acme", "keyed", "F1")).status_code == 404
+    assert (await deployment.post(forged)).status_code == 401
+    reasons = [r["reason"] for r in await conn.fetch("SELECT reason FROM quarantine")]
+    assert len(reasons) == 1 and reasons[0].startswith("refused: apikey")
+    r = await deployment.admin("/api/admin/quarantine/replay", {})
+    assert r.json() == {"replayed": 0}
+
+
+async def test_several_edits_by_messages_update_keep_the_newest(deployment: Deployment) -> None:
+    def edit(message_id: str, text: str, ms: int) -> dict[str, object]:
+        body = status_update("acme-main", message_id, "SERVER_ACK")
+        body["data"]["message"] = {  # type: ignore[index]
+            "editedMessage": {
+                "message": {
+                    "protocolMessage": {
+                        "key": {"id": message_id, "fromMe": False},
+                        "type": "MESSAGE_EDIT",
+                        "editedMessage": {"conversation": text},
+                        "timestampMs": str(ms),
+                    }
+                }
+            }
+        }
+        return body
+
+    # in order, and the newer edit first with the older one late: the newest wins both times
+    for message_id, edits in (
+        ("ED1", [("v1", 1781500070000), ("v2", 1781500080000)]),
+        ("ED2", [("v2", 1781500080000), ("v1", 1781500070000)]),
+    ):
+        assert (await deployment.post(upsert("acme-main", message_id, "v0"))).status_code == 200
+        for text, ms in edits:
+            assert (await deployment.post(edit(message_id, text, ms))).status_code == 200
+        got = (await deployment.message("acme", "acme-main", message_id)).json()
+        assert got["text"] == "v2" and got["edited"] is True, (message_id, got["text"])
+
+
+async def test_numbers_out_of_range_are_no_value_not_a_failed_write(
+    deployment: Deployment, conn: asyncpg.Connection
+) -> None:
+    bodies = [
+        upsert("acme-main", "INF1", "sem hora", messageTimestamp="Infinity"),
+        {
+            "event": "connection.update",
+            "instance": "acme-main",
+            "data": {"instance": "acme-main", "state": "close", "statusReason": 99999999999},
+        },
+        {
+            "event": "chats.upsert",
+            "instance": "acme-main",
+            "data": [{"remoteJid": "5511988887777@s.whatsapp.net", "unreadMessages": 99999999999}],
+        },
+        {
+            "event": "messages.edited",
+            "instance": "acme-main",
+            "data": {
+                "key": {"id": "INF1"},
+                "type": "MESSAGE_EDIT",
+                "editedMessage": {"conversation": "editada"},
+                "timestampMs": "99999999999999999999",
+            },
+        },
+    ]
+    for body in bodies:
+        r = await deployment.post(body)
+        assert r.status_code == 200, r.text  # stored, not quarantined
+    assert await conn.fetchval("SELECT count(*) FROM quarantine") == 0
+    got = (await deployment.message("acme", "acme-main", "INF1")).json()
+    assert got["text"] == "editada" and got["timestamp"] is not None  # filed at arrival
+    r = await deployment.get("/api/v1/messages", "acme", after="c99999999999999999999999.0")
+    assert r.status_code == 400 and r.json()["error"] == "invalid_parameter"
+    r = await deployment.get("/api/v1/messages", "acme", after="c1.99999999999999999999")
+    assert r.status_code == 400
