@@ -50,6 +50,13 @@ _EDIT = {"14", "MESSAGE_EDIT"}
 UNTIMED_EDIT = 1
 
 
+def edit_time(value: p.Int64) -> int:
+    """An edit's rank: its timestampMs, or UNTIMED_EDIT (below every timed edit) when it has
+    none or one that does not fit a bigint."""
+    when = p.as_int64(value)
+    return when if when is not None and when > UNTIMED_EDIT else UNTIMED_EDIT
+
+
 class PayloadError(ValueError):
     """The body is not a usable Evolution webhook (answered 400)."""
 
@@ -314,7 +321,7 @@ class EventBuilder:
             reaction = m.reaction_message
             target = reaction.key.id if reaction.key is not None else None
             if target and sender_jid:
-                when = p.as_int(reaction.sender_timestamp_ms)
+                when = p.as_int64(reaction.sender_timestamp_ms)
                 if when is None:
                     when = int(ts.timestamp() * 1000) if ts else self.received_ms
                 op = self._op(target)
@@ -354,8 +361,7 @@ class EventBuilder:
             self._op(target).deleted = True
         elif kind in _EDIT:
             op = self._op(target)
-            when = p.as_int(proto.timestamp_ms)
-            op.edit_ts = when if when and when > UNTIMED_EDIT else UNTIMED_EDIT
+            op.edit_ts = edit_time(proto.timestamp_ms)
             if proto.edited_message is not None:
                 op.edited_text = _clean(describe(unwrap(proto.edited_message))[1])
 
@@ -371,12 +377,15 @@ class EventBuilder:
         if message is not None:
             # 2.3.7: an edit arrives as SERVER_ACK + {editedMessage: {message: ...}}
             inner = unwrap(message)
+            when: p.Int64 = None
             if inner.protocol_message is not None and inner.protocol_message.edited_message:
+                # its timestampMs orders several edits of one message (the newest wins)
+                when = inner.protocol_message.timestamp_ms
                 inner = unwrap(inner.protocol_message.edited_message)
             text = describe(inner)[1]
             if text is not None:
                 op = self._op(target)
-                op.edit_ts, op.edited_text = UNTIMED_EDIT, _clean(text)
+                op.edit_ts, op.edited_text = edit_time(when), _clean(text)
                 return
         rank = status_rank(status)
         # "DELETED" here is how 2.3.0-2.3.4 report an edit (#2010); real deletes come as
@@ -423,9 +432,9 @@ class EventBuilder:
         else:
             # on a pushName change 2.3.x sends [{id: <Evolution's db id>, name}]: no JID to file
             jid, name = normalize_jid(c.jid()), c.name
-            unread = p.as_int(c.unread_messages)
+            unread = p.as_int32(c.unread_messages)
             if unread is None:
-                unread = p.as_int(c.unread_count)
+                unread = p.as_int32(c.unread_count)
         if jid is None:
             return
         self.ops.chats.append(
@@ -482,7 +491,7 @@ class EventBuilder:
     def connection(self, c: p.ConnectionUpdate) -> None:
         if not c.state:
             return
-        reason = p.as_int(c.status_reason)
+        reason = p.as_int32(c.status_reason)
         self.ops.instance_states.append(
             (
                 self.inst.tenant_id,

@@ -34,7 +34,10 @@ def as_int(value: Int64) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return int(value)
+        try:
+            return int(value)
+        except (ValueError, OverflowError):  # nan, inf
+            return None
     if isinstance(value, Long):
         low = value.low & 0xFFFFFFFF
         result = (value.high << 32) | low if value.unsigned else (value.high << 32) + low
@@ -45,8 +48,20 @@ def as_int(value: Int64) -> int | None:
     except ValueError:
         try:
             return int(float(text))
-        except ValueError:
+        except (ValueError, OverflowError):  # "abc", "Infinity", "1e400"
             return None
+
+
+def as_int32(value: Int64) -> int | None:
+    """``as_int`` for an ``integer`` column: out of range is no value (never a failed write)."""
+    n = as_int(value)
+    return n if n is not None and -(2**31) <= n < 2**31 else None
+
+
+def as_int64(value: Int64) -> int | None:
+    """``as_int`` for a ``bigint`` column."""
+    n = as_int(value)
+    return n if n is not None and -(2**63) <= n < 2**63 else None
 
 
 def as_bool(value: Flag) -> bool:

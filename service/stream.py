@@ -161,7 +161,7 @@ def decode_position(cursor: str) -> tuple[int, int]:
         value = int(xid), int(seq)
     except ValueError:
         raise ValueError("after is not a cursor from this API (message.created or ready)") from None
-    if value[0] < 0 or value[1] < 0:
+    if not (0 <= value[0] < 2**64 and 0 <= value[1] < 2**63):  # an xid8 and a bigint
         raise ValueError("after is not a cursor from this API (message.created or ready)")
     return value
 
