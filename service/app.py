@@ -281,6 +281,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_batch_rows=settings.batch_max_rows,
             max_batch_requests=settings.batch_max_requests,
             linger=settings.batch_linger_seconds,
+            max_queued_bytes=settings.queue_max_bytes,
+            max_batch_bytes=settings.batch_max_bytes,
             on_flush=_observe_flush,
             on_depth=metrics.QUEUE_DEPTH.set,
         )

@@ -209,6 +209,7 @@ class _Item:
     ops: Ops
     fallback: Fallback | None
     future: asyncio.Future[str]
+    size: int  # bytes of the request held while it waits
 
 
 # Two flushers writing overlapping keys at once wait on each other's row locks; should they
@@ -216,6 +217,7 @@ class _Item:
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout, a cancel by an operator
 )
 
 
@@ -237,6 +239,8 @@ class Batcher:
         on_flush: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
         linger: float = 0.0,
+        max_queued_bytes: int = 512 * 1024 * 1024,
+        max_batch_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if not writers:
             raise ValueError("a batcher needs at least one writer")
@@ -244,7 +248,10 @@ class Batcher:
         self.max_queued = max_queued
         self.max_batch_rows = max_batch_rows
         self.max_batch_requests = max_batch_requests
+        self.max_queued_bytes = max_queued_bytes
+        self.max_batch_bytes = max_batch_bytes
         self.linger = linger
+        self._held_bytes = 0
         self.hooks: list[CommitHook] = []
         self.on_flush = on_flush
         self.on_depth = on_depth
@@ -272,19 +279,26 @@ class Batcher:
         if pending:
             await asyncio.wait(pending)  # never cancels them (gather would)
 
-    async def submit(self, ops: Ops, fallback: Fallback | None = None) -> str:
+    async def submit(self, ops: Ops, fallback: Fallback | None = None, size: int = 0) -> str:
         """Queue ``ops`` and wait until they are committed. Returns "stored" or "quarantined"
-        (rows that could not be written were kept in quarantine instead)."""
+        (rows that could not be written were kept in quarantine instead). ``size``: the bytes
+        the request holds meanwhile (its body), counted against ``max_queued_bytes``."""
         if self._closing:
             raise Unavailable("shutting down")
         if len(self._queue) >= self.max_queued:
             raise Overloaded()
+        if self._held_bytes + size > self.max_queued_bytes and self._held_bytes:
+            raise Overloaded()  # bodies of tens of MB (inline media): memory, not count, is full
         if time.monotonic() < self._down_until:
             raise Unavailable("database unavailable")
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(ops, fallback, future))
+        self._queue.append(_Item(ops, fallback, future, size))
+        self._held_bytes += size
         self._wakeup.set()
-        return await future
+        try:
+            return await future
+        finally:
+            self._held_bytes -= size
 
     async def close(self) -> None:
         """Stop taking requests, write everything queued, then stop."""
@@ -299,14 +313,17 @@ class Batcher:
 
     def _take(self) -> list[_Item]:
         batch: list[_Item] = []
-        rows = 0
+        rows = size = 0
         while self._queue and len(batch) < self.max_batch_requests:
             item = self._queue[0]
             n = item.ops.row_count()
-            if batch and rows + n > self.max_batch_rows:
+            if batch and (
+                rows + n > self.max_batch_rows or size + item.size > self.max_batch_bytes
+            ):
                 break
             batch.append(self._queue.popleft())
             rows += n
+            size += item.size
         return batch
 
     async def _run(self, writer: Writer) -> None:
@@ -369,9 +386,15 @@ class Batcher:
     async def _flush_one_by_one(self, writer: Writer, batch: list[_Item]) -> None:
         for item in batch:
             try:
-                committed = await writer.write(item.ops)
+                try:
+                    committed = await writer.write(item.ops)
+                except TRANSIENT_ERRORS:
+                    committed = await writer.write(item.ops)
             except db.UNAVAILABLE_ERRORS as exc:
                 writer.reset()
+                _settle(item.future, exc=Unavailable(str(exc.__class__.__name__)))
+                continue
+            except TRANSIENT_ERRORS as exc:  # twice: answer 503, Evolution sends it again
                 _settle(item.future, exc=Unavailable(str(exc.__class__.__name__)))
                 continue
             except Exception as exc:

@@ -27,8 +27,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_token: str | None = None
     max_body_bytes: int = 64 * 1024 * 1024
     queue_max_requests: int = 20_000
+    queue_max_bytes: int = 512 * 1024 * 1024  # bodies held by waiting requests, per process
     batch_max_rows: int = 5_000
     batch_max_requests: int = 2_000
+    batch_max_bytes: int = 64 * 1024 * 1024
     batch_linger_seconds: float = 0.001  # under load, wait this long for a batch to fill
     flushers: int = 1  # concurrent group commits per process, each on its own connection
     db_pool_size: int = 6
@@ -84,6 +86,8 @@ _POSITIVE = {
     "workers",
     "max_body_bytes",
     "queue_max_requests",
+    "queue_max_bytes",
+    "batch_max_bytes",
     "batch_max_rows",
     "batch_max_requests",
     "flushers",

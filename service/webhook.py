@@ -94,7 +94,7 @@ async def _receive(
         ops = services.quarantine_ops(
             source.source_id, envelope, payloads.without_inline_media(body)
         )
-        result = await _submit(services, ops, None)
+        result = await _submit(services, ops, None, len(body))
         if isinstance(result, Response):
             return result, label, "rejected"
         return JSON({"status": "quarantined"}, status_code=202), label, "quarantined"
@@ -108,7 +108,7 @@ async def _receive(
     if built.outcome == "ignored":
         return JSON({"status": "ignored"}, status_code=202), label, "ignored"
     fallback = Fallback(source.source_id, envelope.instance, envelope.event, body)
-    result = await _submit(services, built.ops, fallback)
+    result = await _submit(services, built.ops, fallback, len(body))
     if isinstance(result, Response):
         return result, label, "rejected"
     if result == "quarantined":
@@ -118,10 +118,12 @@ async def _receive(
     return JSON({"status": "stored"}), label, "stored"
 
 
-async def _submit(services: Services, ops: object, fallback: Fallback | None) -> str | Response:
+async def _submit(
+    services: Services, ops: object, fallback: Fallback | None, size: int
+) -> str | Response:
     retry = {"Retry-After": str(services.settings.retry_after_seconds)}
     try:
-        return await services.batcher.submit(ops, fallback)  # type: ignore[arg-type]
+        return await services.batcher.submit(ops, fallback, size)  # type: ignore[arg-type]
     except Overloaded:
         services.count_unavailable("overloaded")
         return error(503, "overloaded", "ingest queue is full, retry later", retry)

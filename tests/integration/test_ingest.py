@@ -11,7 +11,7 @@ import pytest
 
 from service import payloads
 from service.events import build_ops
-from service.ingest import Batcher, Unavailable, Writer
+from service.ingest import Batcher, Overloaded, Unavailable, Writer
 from service.resolve import Instance
 from tests.integration.conftest import status_update, upsert
 
@@ -99,3 +99,27 @@ async def test_settled_waits_for_what_was_submitted_before(
         await batcher.close()
     with pytest.raises(Unavailable):  # closed: nothing more is taken (503, retried later)
         await batcher.submit(_ops(instance, upsert("i", "LATE")))
+
+
+async def test_bodies_held_past_the_byte_cap_are_refused_not_buffered(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    instance = await _instance(conn)
+    batcher = Batcher(
+        [Writer(database_url, 5)],
+        max_queued=100,
+        max_batch_rows=50,
+        max_batch_requests=20,
+        max_queued_bytes=1000,
+    )
+    # not started yet: what is submitted waits in the queue, holding its bytes
+    first = asyncio.ensure_future(batcher.submit(_ops(instance, upsert("i", "BIG1")), size=800))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded):  # 503 + Retry-After: Evolution sends it again
+        await batcher.submit(_ops(instance, upsert("i", "BIG2")), size=800)
+    small = asyncio.ensure_future(batcher.submit(_ops(instance, upsert("i", "SMALL")), size=100))
+    batcher.start()
+    assert await first == "stored" and await small == "stored"
+    # nothing held any more: one body bigger than the cap alone still goes through
+    assert await batcher.submit(_ops(instance, upsert("i", "HUGE")), size=5000) == "stored"
+    await batcher.close()
