@@ -214,7 +214,7 @@ async def _ensure_demo(conn: Any, data_dir: Path) -> dict[str, str]:
     """A demo tenant/source/instance; credentials kept in the data dir so reruns reuse them."""
     path = data_dir / "demo.json"
     saved: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    exists = await conn.fetchval("SELECT count(*) FROM tenants WHERE name = $1", DEMO["tenant"])
+    exists = await conn.fetchval(db.q("demo_tenant_exists"), DEMO["tenant"])
     if saved and exists:
         return saved
     from service.resolve import digest
@@ -225,20 +225,14 @@ async def _ensure_demo(conn: Any, data_dir: Path) -> dict[str, str]:
         token = tenant.token
     if not token:
         token = "st_" + secrets.token_urlsafe(32)
-        await conn.execute(
-            "UPDATE tenants SET token_hash = $2 WHERE name = $1", DEMO["tenant"], digest(token)
-        )
-    has_source = await conn.fetchval("SELECT count(*) FROM sources WHERE name = $1", DEMO["source"])
+        await conn.execute(db.q("demo_reset_tenant_token"), DEMO["tenant"], digest(token))
+    has_source = await conn.fetchval(db.q("demo_source_exists"), DEMO["source"])
     if not has_source:
         secret = (await admin.create_source(conn, DEMO["source"])).secret
     elif not secret:
         secret = secrets.token_urlsafe(32)
-        await conn.execute(
-            "UPDATE sources SET secret_hash = $2 WHERE name = $1", DEMO["source"], digest(secret)
-        )
-    has_instance = await conn.fetchval(
-        "SELECT count(*) FROM instances WHERE name = $1", DEMO["instance"]
-    )
+        await conn.execute(db.q("demo_reset_source_secret"), DEMO["source"], digest(secret))
+    has_instance = await conn.fetchval(db.q("demo_instance_exists"), DEMO["instance"])
     if not has_instance:
         await admin.add_instance(conn, DEMO["tenant"], DEMO["source"], DEMO["instance"])
     assert token and secret
