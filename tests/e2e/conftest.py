@@ -83,15 +83,19 @@ def start_server(database_url: str, tmp: Path, workers: int = 2, **env_extra: st
         "SENSE_DATA_DIR": str(tmp / "data"),
         **env_extra,
     }
-    log = tmp / f"server-{port}.log"
+    return launch(f"http://127.0.0.1:{port}", env, tmp / f"server-{port}.log")
+
+
+def launch(url: str, env: dict[str, str], log: Path, *, append: bool = False) -> Server:
+    """`sense serve` with ``env`` (which names its port), once it answers /readyz."""
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve"],
         env=env,
-        stdout=log.open("wb"),
+        stdout=log.open("ab" if append else "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    server = Server(f"http://127.0.0.1:{port}", env, process, log)
+    server = Server(url, env, process, log)
     STARTED.append(server)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -11,14 +11,10 @@ import base64
 import hashlib
 import shutil
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.async_api import (
     Browser,
@@ -30,7 +26,7 @@ from playwright.async_api import (
     expect,
 )
 
-from tests.e2e.conftest import STARTED, Server, start_server, start_worker, stop
+from tests.e2e.conftest import Server, launch, start_server, start_worker, stop
 from tests.e2e.test_stream import Live, uid
 from tests.integration.conftest import status_update, upsert
 from workers.sentiment import Sentiment
@@ -70,26 +66,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 def restart(old: Server) -> Server:
     """The same server again, on the same port (the page reconnects to its own origin)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve"],
-        env=old.env,
-        stdout=old.log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = Server(old.url, old.env, process, old.log)
-    STARTED.append(server)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, old.log.read_text()
-        try:
-            if httpx.get(server.url + "/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise AssertionError(f"server not ready again:\n{old.log.read_text()}")
+    return launch(old.url, old.env, old.log, append=True)
 
 
 def qr_like_png(modules: int = 25, scale: int = 6) -> str:
