@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +18,19 @@ from service.settings import load_settings
 ADMIN = "admin-token-for-tests"
 
 
+@contextlib.asynccontextmanager
+async def running_app(database_url: str, **settings: Any) -> AsyncIterator[Starlette]:
+    """The app with its lifespan running, on the test database (extra settings by name)."""
+    application = create_app(
+        load_settings({}, database_url=database_url, **{"admin_token": ADMIN, **settings})
+    )
+    async with application.router.lifespan_context(application):
+        yield application
+
+
 @pytest.fixture
 async def app(conn: asyncpg.Connection, database_url: str) -> AsyncIterator[Starlette]:
-    settings = load_settings({}, database_url=database_url, admin_token=ADMIN)
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async with running_app(database_url) as application:
         yield application
 
 

@@ -19,9 +19,7 @@ import pytest
 from starlette.applications import Starlette
 
 from service import db, search
-from service.app import create_app
-from service.settings import load_settings
-from tests.integration.conftest import ADMIN, Deployment, upsert
+from tests.integration.conftest import Deployment, running_app, upsert
 from workers.query_embed import serve_query_embeddings
 
 DIMS = search.EMBED_DIMENSIONS
@@ -48,9 +46,7 @@ def fake_embed(texts: list[str]) -> list[list[float]]:
 async def app(
     conn: asyncpg.Connection, database_url: str, redis_url: str
 ) -> AsyncIterator[Starlette]:
-    settings = load_settings({}, database_url=database_url, redis_url=redis_url, admin_token=ADMIN)
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async with running_app(database_url, redis_url=redis_url) as application:
         yield application
 
 

@@ -16,9 +16,7 @@ import redis
 from starlette.applications import Starlette
 
 from service import stream
-from service.app import create_app
-from service.settings import load_settings
-from tests.integration.conftest import ADMIN, Deployment, upsert
+from tests.integration.conftest import Deployment, running_app, upsert
 
 WAIT = 10.0
 
@@ -27,9 +25,7 @@ WAIT = 10.0
 async def app(
     conn: asyncpg.Connection, database_url: str, redis_url: str
 ) -> AsyncIterator[Starlette]:
-    settings = load_settings({}, database_url=database_url, redis_url=redis_url, admin_token=ADMIN)
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async with running_app(database_url, redis_url=redis_url) as application:
         yield application
 
 

@@ -10,9 +10,7 @@ import asyncpg
 import httpx
 import msgspec
 
-from service.app import create_app
-from service.settings import load_settings
-from tests.integration.conftest import Deployment, status_update, upsert
+from tests.integration.conftest import Deployment, running_app, status_update, upsert
 
 
 async def test_message_is_filed_under_the_instance_tenant(deployment: Deployment) -> None:
@@ -212,9 +210,7 @@ async def test_bad_input_gets_a_clear_400(deployment: Deployment) -> None:
 
 
 async def test_body_limit(conn: asyncpg.Connection, database_url: str) -> None:
-    settings = load_settings({}, database_url=database_url, admin_token="a", max_body_bytes=1000)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with running_app(database_url, admin_token="a", max_body_bytes=1000) as app:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://t"
         ) as c:
@@ -423,9 +419,7 @@ async def test_start_up_replays_what_was_registered_meanwhile(
     )
     await admin.add_instance(conn, tenant.name, source.name, "offline-reg")
     assert await conn.fetchval("SELECT count(*) FROM quarantine") == 1
-    settings = load_settings({}, database_url=database_url, admin_token="x")
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with running_app(database_url):
         for _ in range(100):
             if await conn.fetchval("SELECT count(*) FROM quarantine") == 0:
                 break
@@ -727,11 +721,9 @@ async def test_nul_and_out_of_range_parameters_get_a_clear_error(deployment: Dep
 async def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(
     conn: asyncpg.Connection, database_url: str
 ) -> None:
-    settings = load_settings(
-        {}, database_url=database_url, admin_token="a", queue_max_requests=2, retry_after_seconds=3
-    )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with running_app(
+        database_url, admin_token="a", queue_max_requests=2, retry_after_seconds=3
+    ) as app:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://t"
         ) as c:
