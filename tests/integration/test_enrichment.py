@@ -202,7 +202,9 @@ async def test_failures_are_retried_then_failed_and_dead_lettered(
     local: LocalProvider,
 ) -> None:
     flaky = Flaky(local, failures=100, error=BadAnswer("garbage from the model"))
-    settings = _settings(database_url, redis_url, enrich_max_retries=2)
+    # the reconciler stays out of it: on a slow box it would re-enqueue F1 while its retries
+    # back off, and count an attempt of its own
+    settings = _settings(database_url, redis_url, enrich_max_retries=2, reconcile_age_seconds=60)
     process = WorkerProcess(settings, threads=1, provider=flaky)
     process.start()
     try:
