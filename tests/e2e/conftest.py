@@ -134,6 +134,21 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> int:
     return process.returncode
 
 
+def embedding_dims(database_url: str) -> list[int]:
+    """The dimensions of every stored message's embedding."""
+    import asyncio
+
+    async def fetch() -> list[int]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch("SELECT vector_dims(embedding) AS d FROM messages")
+        finally:
+            await conn.close()
+        return [r["d"] for r in rows]
+
+    return asyncio.run(fetch())
+
+
 @pytest.fixture
 def clean_db(database_url: str) -> str:
     import asyncio

@@ -3,7 +3,6 @@ webhooks in, analyses and embeddings out, semantic search answered by the worker
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
@@ -11,11 +10,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, sense, start_server
+from tests.e2e.conftest import Server, embedding_dims, sense, start_server
 from tests.integration.conftest import upsert
 
 WAIT = 60.0
@@ -73,15 +71,7 @@ def test_webhook_to_analysis_and_semantic_search(stack: tuple[Server, Path], cle
     assert analyses["W2"]["sentiment"] < 0  # type: ignore[operator]
     assert analyses["W3"]["emotion"] == "neutro"
 
-    async def dims() -> list[int]:
-        conn = await asyncpg.connect(clean_db)
-        try:
-            rows = await conn.fetch("SELECT vector_dims(embedding) AS d FROM messages")
-        finally:
-            await conn.close()
-        return [r["d"] for r in rows]
-
-    assert asyncio.run(dims()) == [384, 384, 384]
+    assert embedding_dims(clean_db) == [384, 384, 384]
 
     # the web process asks the worker for the query's embedding
     r = httpx.get(
