@@ -14,7 +14,7 @@ import msgspec
 
 from service import db, payloads
 from service.events import PayloadError, build_ops
-from service.ingest import Committed, write_in
+from service.ingest import Committed, write_ops
 from service.resolve import Instance, digest
 
 log = logging.getLogger("sense.admin")
@@ -131,7 +131,6 @@ async def replay_quarantine(
     """
     if instance is not None and "\x00" in instance:
         raise AdminError(422, "invalid_name", "instance name must not contain NUL")
-    await conn.execute(db.q("create_staging"))
     source_id = None
     if source is not None:
         source_id = (await _find(conn, "sources", source))["source_id"]
@@ -167,14 +166,11 @@ async def replay_quarantine(
                     continue
                 try:
                     async with conn.transaction():  # a savepoint: one bad event skips alone
-                        part = await write_in(conn, built.ops)
+                        part = await write_ops(conn, built.ops)
                 except asyncpg.PostgresError as exc:
                     log.warning("quarantined event %s cannot be replayed: %s", r[0], exc)
                     continue
-                committed.created.extend(part.created)
-                committed.updated.extend(part.updated)
-                committed.analyzable.extend(part.analyzable)
-                committed.instances.extend(part.instances)
+                committed.extend(part)
                 ops_done.append(r["quarantine_id"])
             await conn.execute(db.q("delete_quarantine"), ops_done)
             total += len(ops_done)

@@ -1,6 +1,6 @@
-"""Group commit: requests queue their rows; one flusher per process writes each batch in one
-transaction (COPY into staging tables, then INSERT ... ON CONFLICT) and only then releases the
-requests waiting on it. Knows nothing about HTTP.
+"""Group commit: requests queue their rows; a flusher writes each batch as one statement in its
+own transaction (``sense_ingest`` over typed arrays: one round trip, committed at once) and only
+then releases the requests waiting on it. Knows nothing about HTTP.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from service import db
-from service.events import MESSAGE_COLUMNS, MessageOp, Ops, merge_message_ops
+from service.events import MessageOp, Ops, merge_message_ops
 from service.payloads import without_inline_media
 
 log = logging.getLogger("sense.ingest")
@@ -47,13 +47,24 @@ class Fallback:
 
 @dataclass(slots=True)
 class Committed:
-    """What one transaction changed, for the post-commit hooks (enrichment, live stream)."""
+    """What one transaction changed, for the post-commit hooks (enrichment, live stream).
+    ``messages``: the stored rows created or changed, as the commit left them (the columns of
+    the live stream's frames), so that no hook reads them back."""
 
     created: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
     updated: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
     analyzable: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
     instances: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
+    messages: list[asyncpg.Record] = field(default_factory=list)
     rows: int = 0
+
+    def extend(self, other: Committed) -> None:
+        self.created.extend(other.created)
+        self.updated.extend(other.updated)
+        self.analyzable.extend(other.analyzable)
+        self.instances.extend(other.instances)
+        self.messages.extend(other.messages)
+        self.rows += other.rows
 
 
 def _message_key(op: MessageOp) -> tuple[uuid.UUID, uuid.UUID, str]:
@@ -69,15 +80,15 @@ def merge_messages(ops: list[MessageOp]) -> list[MessageOp]:
 
 
 # @lid -> phone pairs this process has committed, so that a batch that teaches nothing new
-# skips the lid map (its COPY and upsert: 2 of a flush's 8 round trips). Pairs recur with
-# every message of a chat; they change only when a number does. Should another process have
-# stored a newer phone for a @lid since, a batch repeating the older pair keeps the newer one,
-# as if it had arrived first (the map is "latest arrival wins" anyway).
+# skips the lid map (its upsert and the moves it checks for). Pairs recur with every message
+# of a chat; they change only when a number does. Should another process have stored a newer
+# phone for a @lid since, a batch repeating the older pair keeps the newer one, as if it had
+# arrived first (the map is "latest arrival wins" anyway).
 KNOWN_LIDS_MAX = 200_000
 
 
 class Writer:
-    """Writes Ops in one transaction on its own connection (it owns the staging tables)."""
+    """Writes Ops on its own connection, one statement per batch (``write_ops``)."""
 
     def __init__(self, dsn: str, timeout: float) -> None:
         self.dsn = dsn
@@ -89,12 +100,11 @@ class Writer:
         if self._conn is None or self._conn.is_closed():
             self._conn = None
             try:
-                conn = await asyncpg.connect(
+                conn = await db.connect(
                     self.dsn,
                     timeout=self.timeout,
                     server_settings={"application_name": "sense-writer"},
                 )
-                await conn.execute(db.q("create_staging"))
             except Exception as exc:
                 # Whatever stops us from connecting (refused, shutting down, not accepting
                 # connections, auth...) is the database being unavailable, not bad data.
@@ -117,8 +127,7 @@ class Writer:
         # All or nothing: one unknown pair and the whole list goes (its order decides which
         # phone wins for a @lid named twice).
         lids_known = all(known.get((t, lid)) == phone for t, lid, phone in ops.lid_pairs)
-        async with conn.transaction():
-            done = await write_in(conn, ops, lids_known=lids_known)
+        done = await write_ops(conn, ops, lids_known=lids_known)  # its own implicit transaction
         if ops.lid_pairs and not lids_known:
             if len(known) + len(ops.lid_pairs) > KNOWN_LIDS_MAX:
                 known.clear()
@@ -127,77 +136,38 @@ class Writer:
         return done
 
 
-async def write_in(conn: asyncpg.Connection, ops: Ops, *, lids_known: bool = False) -> Committed:
-    """Write ``ops`` inside the caller's transaction (staging tables must exist).
+async def write_ops(conn: asyncpg.Connection, ops: Ops, *, lids_known: bool = False) -> Committed:
+    """Write ``ops`` in one statement (``sense_ingest``, migration 0008): outside a
+    transaction it is its own, committed when this returns; inside the caller's, part of it.
     ``lids_known``: every @lid pair is already in the lid map as it is (skip them)."""
     done = Committed(rows=ops.row_count())
-    if ops.lid_pairs and not lids_known:
-        await conn.copy_records_to_table(
-            "stage_lid", records=ops.lid_pairs, columns=["tenant_id", "lid_jid", "phone_jid"]
-        )
-        await conn.execute(db.q("upsert_lid_map"))
-    if ops.messages:
-        # In key order: the flushers of other processes upsert overlapping keys (a receipt and
-        # its message arrive together); locking rows in one global order cannot deadlock, where
-        # arrival order did (each deadlock stalled both batches for deadlock_timeout, 1 s).
-        merged = sorted(merge_messages(ops.messages), key=_message_key)
-        records = [op.record() for op in merged]
-        await conn.copy_records_to_table("stage_messages", records=records, columns=MESSAGE_COLUMNS)
-        for r in await conn.fetch(db.q("upsert_messages")):
-            key = (r["tenant_id"], r["instance_id"], r["message_id"])
-            if r["created"]:
-                done.created.append(key)
-                if r["analysis_state"] == "pending":
-                    done.analyzable.append(key)
-            elif r["has_content"]:
-                done.updated.append(key)
-    if ops.contacts:
-        await conn.copy_records_to_table(
-            "stage_contacts",
-            records=ops.contacts,
-            columns=["tenant_id", "instance_id", "jid", "push_name", "profile_pic_url"],
-        )
-        await conn.execute(db.q("upsert_contacts"))
-    if ops.chats:
-        await conn.copy_records_to_table(
-            "stage_chats",
-            records=ops.chats,
-            columns=[
-                "tenant_id",
-                "instance_id",
-                "chat_jid",
-                "chat_type",
-                "name",
-                "unread",
-                "deleted",
-            ],
-        )
-        await conn.execute(db.q("upsert_chats"))
-    if ops.groups:
-        await conn.copy_records_to_table(
-            "stage_groups",
-            records=ops.groups,
-            columns=["tenant_id", "instance_id", "group_jid", "subject", "metadata"],
-        )
-        await conn.execute(db.q("upsert_groups"))
-    if ops.instance_states:
-        await conn.executemany(db.q("update_instance_state"), ops.instance_states)
-        done.instances.extend((t, i, "state") for t, i, *_ in ops.instance_states)
-    if ops.qrcodes:
-        await conn.executemany(db.q("update_instance_qr"), ops.qrcodes)
-        done.instances.extend((t, i, "qrcode") for t, i, *_ in ops.qrcodes)
-    if ops.events:
-        await conn.copy_records_to_table(
-            "events",
-            records=ops.events,
-            columns=["tenant_id", "instance_id", "event", "data"],
-        )
-    if ops.quarantine:
-        await conn.copy_records_to_table(
-            "quarantine",
-            records=ops.quarantine,
-            columns=["source_id", "instance_name", "event", "reason", "body"],
-        )
+    # In key order: the flushers of other processes upsert overlapping keys (a receipt and its
+    # message arrive together); locking rows in one global order cannot deadlock, where arrival
+    # order did (each deadlock stalled both batches for deadlock_timeout, 1 s).
+    merged = sorted(merge_messages(ops.messages), key=_message_key) if ops.messages else []
+    rows = await conn.fetch(
+        db.q("ingest"),
+        [] if lids_known else ops.lid_pairs,
+        [op.record() for op in merged],
+        ops.contacts,
+        ops.chats,
+        ops.groups,
+        ops.instance_states,
+        ops.qrcodes,
+        ops.events,
+        ops.quarantine,
+    )
+    for r in rows:
+        key = (r["tenant_id"], r["instance_id"], r["message_id"])
+        if r["created"]:
+            done.created.append(key)
+            if r["analysis_state"] == "pending":
+                done.analyzable.append(key)
+        else:
+            done.updated.append(key)
+    done.messages = rows
+    done.instances.extend((t, i, "state") for t, i, *_ in ops.instance_states)
+    done.instances.extend((t, i, "qrcode") for t, i, *_ in ops.qrcodes)
     return done
 
 

@@ -2,7 +2,7 @@
 
 How it flows::
 
-    flusher commits ─▶ Publisher (one per process, in commit order; reads the changed rows)
+    flusher commits ─▶ Publisher (one per process, in commit order; the rows the commit returned)
         ─▶ PUBLISH sense:live:{tenant_id}  (one Redis message per tenant per flush)
     worker writes analysis ─▶ publish_analyzed() ─▶ the same channel
     every process: Relay (one pub/sub connection, SUBSCRIBEd to the tenants it has clients of)
@@ -438,7 +438,7 @@ class Publisher:
         self._task = asyncio.create_task(self._run(), name="sense-publisher")
 
     async def hook(self, committed: Committed) -> None:
-        if not (committed.created or committed.updated or committed.instances):
+        if not (committed.messages or committed.instances):
             return
         if len(self._pending) >= self.max_pending:
             self._pending.popleft()  # far behind: the oldest go; clients catch up on reconnect
@@ -474,47 +474,36 @@ class Publisher:
                 log.warning("live publish failed: %s: %s", exc.__class__.__name__, exc)
 
     async def publish(self, batch: list[Committed]) -> None:
-        created: dict[Key, None] = {}
-        updated: dict[Key, None] = {}
+        # The rows as each commit left them (the writer returns them): a message created and
+        # changed within this burst is one "created" frame with its latest state.
+        rows: dict[Key, tuple[bool, Any]] = {}
         instances: dict[tuple[uuid.UUID, uuid.UUID], set[str]] = {}
         for committed in batch:
-            for key in committed.created:
-                created[key] = None
-            for key in committed.updated:
-                if key not in created:
-                    updated[key] = None
+            for row in committed.messages:
+                key = (row["tenant_id"], row["instance_id"], row["message_id"])
+                seen = rows.get(key)
+                rows[key] = (row["created"] or (seen is not None and seen[0]), row)
             for tenant_id, instance_id, kind in committed.instances:
                 instances.setdefault((tenant_id, instance_id), set()).add(kind)
         per_tenant: dict[uuid.UUID, list[bytes]] = {}
-        keys = list(created) + list(updated)
-        if keys:
-            rows = await self.pool.fetch(
-                db.q("stream_messages"),
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [k[2] for k in keys],
-            )
-            by_key = {(r["instance_id"], r["message_id"]): r for r in rows}
-            for key in keys:
-                tenant_id, instance_id, message_id = key
-                row = by_key.get((instance_id, message_id))
-                if row is None:
-                    continue
-                name = self.registry.instance_names(tenant_id).get(instance_id, "?")
-                message = api.message_from_row(row, name)
-                frame: Any
-                if key in created:
-                    frame = Created(encode_position(row["content_xid"], row["seq"]), message)
-                else:
-                    frame = Updated(message)
-                per_tenant.setdefault(tenant_id, []).append(_encoder.encode(frame))
+        names: dict[uuid.UUID, Mapping[uuid.UUID, str]] = {}
+        for (tenant_id, instance_id, _), (created, row) in rows.items():
+            tenant_names = names.get(tenant_id)
+            if tenant_names is None:
+                tenant_names = names[tenant_id] = self.registry.instance_names(tenant_id)
+            message = api.message_from_row(row, tenant_names.get(instance_id, "?"))
+            frame: Any
+            if created:
+                frame = Created(encode_position(row["content_xid"], row["seq"]), message)
+            else:
+                frame = Updated(message)
+            per_tenant.setdefault(tenant_id, []).append(_encoder.encode(frame))
         if instances:
-            rows = await self.pool.fetch(
+            for r in await self.pool.fetch(
                 db.q("stream_instances"),
                 [k[0] for k in instances],
                 [k[1] for k in instances],
-            )
-            for r in rows:
+            ):
                 out = api.instance_from_row(r)
                 kinds = instances[(r["tenant_id"], r["instance_id"])]
                 frames = per_tenant.setdefault(r["tenant_id"], [])

@@ -1,18 +1,6 @@
 -- Named queries of the live stream and search (service/stream.py, service/search.py). Message
 -- rows carry the columns of api.message_from_row (never the embedding) and their commit position.
 
--- name: stream_messages
--- The rows a commit created or changed, in the order given; stubs (no content) are never shown.
-SELECT m.instance_id, m.message_id, m.chat_jid, m.chat_type, m.sender_jid, m.sender_phone,
-       m.from_me, m.push_name, m.type, m.text, m.status, m.edited_text, m.edit_ts, m.deleted,
-       m.reactions, m.quoted_message_id, m.message_ts, m.analysis_state, m.sentiment, m.emotion,
-       m.satisfaction, m.analysis_error, m.seq, m.content_xid::text::bigint AS content_xid
-FROM unnest($1::uuid[], $2::uuid[], $3::text[]) WITH ORDINALITY AS k(tenant_id, instance_id,
-                                                                   message_id, ord)
-JOIN messages AS m USING (tenant_id, instance_id, message_id)
-WHERE m.has_content
-ORDER BY k.ord
-
 -- name: stream_instances
 SELECT i.tenant_id, i.instance_id, i.name, i.state, i.state_reason, i.owner_jid, i.profile_name,
        i.state_at, i.qr_code, i.qr_base64, i.pairing_code, i.qr_at

@@ -430,7 +430,7 @@ async def test_start_up_replays_what_was_registered_meanwhile(
 
 async def test_replay_of_several_events_for_one_message(conn: asyncpg.Connection) -> None:
     """Replay writes event by event inside one transaction: each write must see only its own
-    staging rows (they used to pile up until COMMIT: "ON CONFLICT ... a second time")."""
+    rows (staging rows used to pile up until COMMIT: "ON CONFLICT ... a second time")."""
     from service import admin
 
     tenant = await admin.create_tenant(conn, "acme")
@@ -459,9 +459,8 @@ async def test_replay_of_several_events_for_one_message(conn: asyncpg.Connection
 async def test_one_batch_merges_contacts_and_chats_like_consecutive_upserts(
     conn: asyncpg.Connection,
 ) -> None:
-    from service import db
     from service.events import Ops
-    from service.ingest import write_in
+    from service.ingest import write_ops
 
     t, i = uuid.uuid4(), uuid.uuid4()
     jid = "5511987654321@s.whatsapp.net"
@@ -474,9 +473,7 @@ async def test_one_batch_merges_contacts_and_chats_like_consecutive_upserts(
             (t, i, "5511922223333@s.whatsapp.net", "user", None, None, True),
         ],
     )
-    await conn.execute(db.q("create_staging"))
-    async with conn.transaction():
-        await write_in(conn, ops)
+    await write_ops(conn, ops)
     contact = await conn.fetchrow("SELECT push_name, profile_pic_url FROM contacts")
     assert tuple(contact) == ("Cliente", "https://pps.example/b.jpg")
     chats = await conn.fetch("SELECT chat_jid, name, unread, deleted FROM chats ORDER BY chat_jid")
@@ -603,17 +600,15 @@ async def test_one_person_in_two_number_forms_is_one_conversation(
 
 async def _write(conn: asyncpg.Connection, *bodies: dict[str, Any], instance: Any) -> None:
     """The bodies' rows in one transaction, as one group-commit batch writes them."""
-    from service import db, payloads
+    from service import payloads
     from service.events import Ops, build_ops
-    from service.ingest import write_in
+    from service.ingest import write_ops
 
     ops = Ops()
     for body in bodies:
         envelope = payloads.envelope_decoder.decode(msgspec.json.encode(body))
         ops.extend(build_ops(envelope, instance, 1_781_500_000_000).ops)
-    await conn.execute(db.q("create_staging"))
-    async with conn.transaction():
-        await write_in(conn, ops)
+    await write_ops(conn, ops)
 
 
 async def test_both_forms_of_a_new_person_in_one_batch_meet_on_the_longer_one(
