@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from service import admin, api, db, logs, metrics, openapi, search, stream, webhook
 from service.events import EVENTS, IGNORED, KEPT_AS_EVENTS, Ops
@@ -51,8 +52,9 @@ class Services:
     def observe_webhook(
         self, event: str, outcome: str, seconds: float, status: int, context: dict[str, str]
     ) -> None:
-        metrics.WEBHOOK_REQUESTS.labels(event, outcome).inc()
-        metrics.WEBHOOK_SECONDS.labels(event, outcome).observe(seconds)
+        count, timing = metrics.webhook_series(event, outcome)
+        count.inc()
+        timing.observe(seconds)
         # Stored events are the bulk: debug. Everything else is worth a line at info.
         level = logging.DEBUG if outcome in ("stored", "ignored") else logging.INFO
         if access_log.isEnabledFor(level):
@@ -242,8 +244,6 @@ async def readyz(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [
-        Route("/api/webhooks/evolution/{secret}", webhook.receive, methods=["POST"]),
-        Route("/api/webhooks/evolution/{secret}/{suffix:path}", webhook.receive, methods=["POST"]),
         Route("/api/v1/messages", api.list_messages, methods=["GET"]),
         Route("/api/v1/messages/{instance}/{message_id:path}", api.get_message, methods=["GET"]),
         Route("/api/v1/chats", api.list_chats, methods=["GET"]),
@@ -261,6 +261,27 @@ def routes() -> list[Route]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
+
+
+class App(Starlette):
+    """The Starlette app, with the webhook posts (and the bench's reference routes) handed to
+    their raw ASGI handlers before Starlette's middleware and routing (service.webhook)."""
+
+    raw_routes: dict[str, webhook.Handler]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            for prefix, handler in self.raw_routes.items():
+                if path.startswith(prefix):
+                    secret = webhook.split_path(path, prefix)
+                    if secret is None:
+                        break
+                    scope["app"] = self
+                    services: Services = self.state.services
+                    await webhook.serve(services, handler, secret, scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -324,10 +345,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     # stream seam: add the WebSocket, search and dashboard routes here
     all_routes = routes() + search.routes() + stream.routes()
+    app = App(routes=all_routes, lifespan=lifespan, middleware=[Middleware(RejectNul)])
+    app.raw_routes = {webhook.PREFIX: webhook.receive}
     if settings.bench_routes:
         from service import baseline
 
-        all_routes += baseline.routes()
-    app = Starlette(routes=all_routes, lifespan=lifespan, middleware=[Middleware(RejectNul)])
+        app.raw_routes.update(baseline.ROUTES)
     app.router.redirect_slashes = False
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -65,6 +66,19 @@ TENANT_MESSAGES = Counter(
 )
 
 _tenant_labels: set[str] = set()
+_webhook_series: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def webhook_series(event: str, outcome: str) -> tuple[Any, Any]:
+    """The request counter and duration histogram of (event, outcome), looked up once: both
+    label sets are bounded, and ``labels()`` on every request showed in the profile."""
+    series = _webhook_series.get((event, outcome))
+    if series is None:
+        series = _webhook_series[(event, outcome)] = (
+            WEBHOOK_REQUESTS.labels(event, outcome),
+            WEBHOOK_SECONDS.labels(event, outcome),
+        )
+    return series
 
 
 def count_tenant_messages(tenant: str, n: int) -> None:

@@ -3,81 +3,186 @@
 200 only after the rows are committed; 202 for quarantine (unknown instance) and ignored
 events; 401 bad secret/apikey; 413 too large; 400 not an Evolution envelope; 503 + Retry-After
 when the queue is full or the database is down (Evolution retries 5xx, drops 4xx).
+
+This is the hot path, so it is a plain ASGI handler (``Raw``): the app hands it webhook posts
+before Starlette's middleware, routing, Request and Response objects, which cost about as much
+server CPU as the rest of the request (bench/RESULTS.md). The bench's null and naive routes go
+through the same reader and writer, so they stay comparable.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from service import payloads
 from service.events import PayloadError, build_ops, canonical_event
-from service.http import JSON, error
 from service.ingest import Fallback, Overloaded, Unavailable
 
 if TYPE_CHECKING:
     from service.app import Services
+
+log = logging.getLogger("sense.webhook")
+
+PREFIX = "/api/webhooks/evolution/"
+# what it serves under PREFIX, as /openapi.json names it
+PATHS = (PREFIX + "{secret}", PREFIX + "{secret}/{suffix}")
+
+_encoder = msgspec.json.Encoder()
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes without holding them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+class Disconnected(Exception):
+    """The client went away before its body arrived: there is no one to answer."""
+
+
+class Raw:
+    """One request as the ASGI server gave it: the headers the handlers read, the body."""
+
+    __slots__ = ("content_length", "receive", "request_id", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.content_length: bytes | None = None
+        self.request_id: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                self.content_length = value
+            elif name == b"x-request-id":
+                self.request_id = value
+
+    async def body(self, limit: int) -> bytes:
+        """The body, refusing more than ``limit`` bytes without holding them all."""
+        declared = self.content_length
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge()
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def receive(request: Request) -> Response:
-    services: Services = request.app.state.services
+class Answer:
+    """A JSON answer: status, body (encoded once), extra headers."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    async def send(self, send: Send, request_id: bytes | None) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.body)).encode()),
+        ]
+        if self.headers:
+            headers.extend((k.lower().encode(), v.encode()) for k, v in self.headers.items())
+        if request_id is not None:
+            headers.append((b"x-request-id", request_id))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def answer(status: int, content: Any, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, _encoder.encode(content), headers)
+
+
+def failure(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Answer:
+    return answer(status, {"error": code, "detail": detail}, headers)
+
+
+STORED = answer(200, {"status": "stored"})
+QUARANTINED = answer(202, {"status": "quarantined"})
+IGNORED = answer(202, {"status": "ignored"})
+NOT_FOUND = failure(404, "not_found", "no such route")
+METHOD_NOT_ALLOWED = failure(405, "method_not_allowed", "use POST", {"Allow": "POST"})
+SERVER_ERROR = failure(500, "internal_error", "the server could not handle this request")
+
+Handler = Callable[["Services", Raw, str], Awaitable[Answer]]
+
+
+async def serve(
+    services: Services, handler: Handler, secret: str, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Run ``handler`` for one POST and send its answer (or a 500 if it raised)."""
+    raw = Raw(scope, receive)
+    if scope["method"] != "POST":
+        await METHOD_NOT_ALLOWED.send(send, raw.request_id)
+        return
+    try:
+        result = await handler(services, raw, secret)
+    except Disconnected:
+        return  # nobody to answer; nothing was stored
+    except Exception:
+        log.exception("webhook handler failed")
+        result = SERVER_ERROR
+    await result.send(send, raw.request_id)
+
+
+def split_path(path: str, prefix: str) -> str | None:
+    """The secret of ``{prefix}{secret}[/{suffix}]``, or None for a path with no secret."""
+    secret = path[len(prefix) :].partition("/")[0]
+    return secret or None
+
+
+async def receive(services: Services, raw: Raw, secret: str) -> Answer:
     started = time.perf_counter()
     context: dict[str, str] = {
-        "request_id": request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        "request_id": raw.request_id.decode("latin-1")
+        if raw.request_id is not None
+        else uuid.uuid4().hex[:16]
     }
     event, outcome, status = "unknown", "rejected", 500
     try:
-        response, event, outcome = await _receive(services, request, context)
-        status = response.status_code
-        response.headers["X-Request-Id"] = context["request_id"]
-        return response
+        result, event, outcome = await _receive(services, raw, secret, context)
+        status = result.status
+        return result
     finally:
         services.observe_webhook(event, outcome, time.perf_counter() - started, status, context)
 
 
 async def _receive(
-    services: Services, request: Request, context: dict[str, str]
-) -> tuple[Response, str, str]:
+    services: Services, raw: Raw, secret: str, context: dict[str, str]
+) -> tuple[Answer, str, str]:
     settings = services.settings
-    source = services.registry.source_for_secret(request.path_params["secret"])
+    source = services.registry.source_for_secret(secret)
     if source is None:
-        return error(401, "unauthorized", "unknown webhook secret"), "unknown", "rejected"
+        return failure(401, "unauthorized", "unknown webhook secret"), "unknown", "rejected"
     try:
-        body = await read_body(request, settings.max_body_bytes)
+        body = await raw.body(settings.max_body_bytes)
     except BodyTooLarge:
         detail = f"body exceeds SENSE_MAX_BODY_BYTES ({settings.max_body_bytes} bytes)"
-        return error(413, "payload_too_large", detail), "unknown", "rejected"
+        return failure(413, "payload_too_large", detail), "unknown", "rejected"
     try:
         envelope = payloads.envelope_decoder.decode(body)
     except msgspec.ValidationError as exc:
         detail = f"not an Evolution webhook envelope: {exc}"
-        return error(400, "invalid_envelope", detail), "unknown", "rejected"
+        return failure(400, "invalid_envelope", detail), "unknown", "rejected"
     except msgspec.DecodeError as exc:
-        return error(400, "invalid_json", f"body is not JSON: {exc}"), "unknown", "rejected"
+        return failure(400, "invalid_json", f"body is not JSON: {exc}"), "unknown", "rejected"
     # Postgres text cannot hold NUL: the names go into quarantine/event rows as text (an
     # instance name with NUL can never be registered, so nothing is lost by replacing it).
     if "\x00" in envelope.event or "\x00" in envelope.instance:
@@ -95,38 +200,38 @@ async def _receive(
             source.source_id, envelope, payloads.without_inline_media(body)
         )
         result = await _submit(services, ops, None, len(body))
-        if isinstance(result, Response):
+        if isinstance(result, Answer):
             return result, label, "rejected"
-        return JSON({"status": "quarantined"}, status_code=202), label, "quarantined"
+        return QUARANTINED, label, "quarantined"
     context["tenant"] = services.tenant_name(instance.tenant_id)
     if not instance.apikey_matches(envelope.apikey):
-        return error(401, "unauthorized", "apikey does not match the instance"), label, "rejected"
+        return failure(401, "unauthorized", "apikey does not match the instance"), label, "rejected"
     try:
         built = build_ops(envelope, instance)
     except PayloadError as exc:
-        return error(400, "invalid_data", str(exc)), label, "rejected"
+        return failure(400, "invalid_data", str(exc)), label, "rejected"
     if built.outcome == "ignored":
-        return JSON({"status": "ignored"}, status_code=202), label, "ignored"
+        return IGNORED, label, "ignored"
     fallback = Fallback(source.source_id, envelope.instance, envelope.event, body)
     result = await _submit(services, built.ops, fallback, len(body))
-    if isinstance(result, Response):
+    if isinstance(result, Answer):
         return result, label, "rejected"
     if result == "quarantined":
-        return JSON({"status": "quarantined"}, status_code=202), label, "quarantined"
+        return QUARANTINED, label, "quarantined"
     if built.outcome == "unrecognized":
-        return JSON({"status": "kept", "event": envelope.event}, status_code=202), label, "stored"
-    return JSON({"status": "stored"}), label, "stored"
+        return answer(202, {"status": "kept", "event": envelope.event}), label, "stored"
+    return STORED, label, "stored"
 
 
 async def _submit(
     services: Services, ops: object, fallback: Fallback | None, size: int
-) -> str | Response:
+) -> str | Answer:
     retry = {"Retry-After": str(services.settings.retry_after_seconds)}
     try:
         return await services.batcher.submit(ops, fallback, size)  # type: ignore[arg-type]
     except Overloaded:
         services.count_unavailable("overloaded")
-        return error(503, "overloaded", "ingest queue is full, retry later", retry)
+        return failure(503, "overloaded", "ingest queue is full, retry later", retry)
     except Unavailable:
         services.count_unavailable("database")
-        return error(503, "unavailable", "database unavailable, retry later", retry)
+        return failure(503, "unavailable", "database unavailable, retry later", retry)

@@ -6,11 +6,11 @@ import re
 
 from starlette.routing import Route, WebSocketRoute
 
-from service import app, openapi, search, stream
+from service import app, openapi, search, stream, webhook
 
 
 def served_paths() -> set[tuple[str, str]]:
-    out = set()
+    out = {("post", path) for path in webhook.PATHS}  # served raw, before Starlette's routing
     for route in app.routes() + search.routes() + stream.routes():
         if not isinstance(route, Route | WebSocketRoute):  # Mount: the dashboard's static files
             continue
