@@ -3,7 +3,8 @@
 How it flows::
 
     flusher commits ─▶ Publisher (one per process, in commit order; the rows the commit returned)
-        ─▶ PUBLISH sense:live:{tenant_id}  (one Redis message per tenant per flush)
+        ─▶ PUBSUB NUMSUB: which of the commit's tenants have a live client anywhere
+        ─▶ PUBLISH sense:live:{tenant_id}  (one Redis message per listened tenant per flush)
     worker writes analysis ─▶ publish_analyzed() ─▶ the same channel
     every process: Relay (one pub/sub connection, SUBSCRIBEd to the tenants it has clients of)
         ─▶ each client's bounded buffer ─▶ its WebSocket
@@ -414,6 +415,8 @@ class Relay:
 
 Key = tuple[uuid.UUID, uuid.UUID, str]
 Sink = Callable[[list[tuple[uuid.UUID, bytes]]], Awaitable[None]]
+# Of these tenants, those with a live client somewhere (a subscribed channel) right now.
+Listened = Callable[[set[uuid.UUID]], Awaitable[set[uuid.UUID]]]
 
 
 class Publisher:
@@ -421,11 +424,17 @@ class Publisher:
     only queues (it never waits on Postgres or Redis); bursts coalesce into one read."""
 
     def __init__(
-        self, pool: asyncpg.Pool, registry: Registry, sink: Sink, max_pending: int = 10_000
+        self,
+        pool: asyncpg.Pool,
+        registry: Registry,
+        sink: Sink,
+        listened: Listened,
+        max_pending: int = 10_000,
     ) -> None:
         self.pool = pool
         self.registry = registry
         self.sink = sink
+        self.listened = listened
         self.max_pending = max_pending
         self._pending: deque[Committed] = deque()
         self._wakeup = asyncio.Event()
@@ -474,17 +483,28 @@ class Publisher:
                 log.warning("live publish failed: %s: %s", exc.__class__.__name__, exc)
 
     async def publish(self, batch: list[Committed]) -> None:
+        # Frames only for tenants someone listens to: asked after the commit, so a client whose
+        # `ready` (sent once its channel is subscribed) came before the commit is counted.
+        # Most tenants have no dashboard open most of the time.
+        tenants = {t for committed in batch for t, _, _ in committed.created + committed.updated}
+        tenants.update(t for committed in batch for t, _, _ in committed.instances)
+        listened = await self.listened(tenants) if tenants else set()
+        if not listened:
+            return
         # The rows as each commit left them (the writer returns them): a message created and
         # changed within this burst is one "created" frame with its latest state.
         rows: dict[Key, tuple[bool, Any]] = {}
         instances: dict[tuple[uuid.UUID, uuid.UUID], set[str]] = {}
         for committed in batch:
             for row in committed.messages:
+                if row["tenant_id"] not in listened:
+                    continue
                 key = (row["tenant_id"], row["instance_id"], row["message_id"])
                 seen = rows.get(key)
                 rows[key] = (row["created"] or (seen is not None and seen[0]), row)
             for tenant_id, instance_id, kind in committed.instances:
-                instances.setdefault((tenant_id, instance_id), set()).add(kind)
+                if tenant_id in listened:
+                    instances.setdefault((tenant_id, instance_id), set()).add(kind)
         per_tenant: dict[uuid.UUID, list[bytes]] = {}
         names: dict[uuid.UUID, Mapping[uuid.UUID, str]] = {}
         for (tenant_id, instance_id, _), (created, row) in rows.items():
@@ -541,7 +561,12 @@ class Live:
         self.buffer_frames = buffer_frames
         self.buffer_bytes = buffer_bytes
         self.relay = Relay(registry, redis)
-        self.publisher = Publisher(pool, registry, self._to_redis if redis else self._to_relay)
+        self.publisher = Publisher(
+            pool,
+            registry,
+            self._to_redis if redis else self._to_relay,
+            self._listened_redis if redis else self._listened_here,
+        )
 
     async def publish(self, committed: Committed) -> None:
         """The batcher's post-commit hook."""
@@ -553,6 +578,16 @@ class Live:
             for tenant_id, payload in messages:
                 pipe.publish(channel(tenant_id), payload)
             await pipe.execute()
+
+    async def _listened_redis(self, tenants: set[uuid.UUID]) -> set[uuid.UUID]:
+        """The tenants whose channel has a subscriber in any process (PUBSUB NUMSUB)."""
+        assert self.redis is not None
+        order = list(tenants)
+        counts = await self.redis.pubsub_numsub(*(channel(t) for t in order))
+        return {t for t, (_, n) in zip(order, counts, strict=True) if n}
+
+    async def _listened_here(self, tenants: set[uuid.UUID]) -> set[uuid.UUID]:
+        return {t for t in tenants if self.relay.clients.get(t)}
 
     async def _to_relay(self, messages: list[tuple[uuid.UUID, bytes]]) -> None:
         for tenant_id, payload in messages:

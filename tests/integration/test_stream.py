@@ -183,3 +183,49 @@ def test_cursor_round_trip_and_rejects() -> None:
         with pytest.raises(ValueError):
             stream.decode_position(bad)
     assert stream.channel(uuid.UUID(int=1)).startswith(stream.CHANNEL_PREFIX)
+
+
+async def test_frames_are_built_only_for_tenants_someone_listens_to(
+    app: Starlette, redis_url: str
+) -> None:
+    """The publisher asks Redis which of a commit's tenants have a subscribed channel (a live
+    client in any process) and builds and publishes nothing for the others."""
+    import redis.asyncio as aioredis
+
+    from service.ingest import Committed
+
+    live = app.state.live
+    quiet, listened = uuid.uuid4(), uuid.uuid4()
+    client = aioredis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(stream.channel(listened))
+        assert await live._listened_redis({quiet, listened}) == {listened}
+
+        sent: list[Any] = []
+
+        async def sink(messages: list[Any]) -> None:
+            sent.extend(messages)
+
+        def committed(tenant_id: uuid.UUID) -> Committed:
+            instance_id = uuid.uuid4()
+            row = {
+                "tenant_id": tenant_id, "instance_id": instance_id, "message_id": "M1",
+                "created": True, "chat_jid": "5511999999999@s.whatsapp.net",
+                "chat_type": "user", "sender_jid": None, "sender_phone": None, "from_me": False,
+                "push_name": None, "type": "text", "text": "oi", "status": None,
+                "edited_text": None, "edit_ts": None, "deleted": False, "reactions": {},
+                "quoted_message_id": None, "message_ts": None, "analysis_state": "pending",
+                "sentiment": None, "emotion": None, "satisfaction": None,
+                "analysis_error": None, "seq": 1, "content_xid": 100,
+            }  # fmt: skip
+            return Committed(created=[(tenant_id, instance_id, "M1")], messages=[row])
+
+        publisher = stream.Publisher(live.pool, live.registry, sink, live._listened_redis)
+        await publisher.publish([committed(quiet)])
+        assert sent == []
+        await publisher.publish([committed(quiet), committed(listened)])
+        assert [tenant_id for tenant_id, _ in sent] == [listened]
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
