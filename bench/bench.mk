@@ -6,6 +6,9 @@ bench-setup: ## install the load generators (wrk from Debian, bench/loadgen with
 bench: setup bench-setup ## load bench: null ceiling vs durable ingest vs naive baseline (~3 min)
 	@$(BIN)/python -m bench.load $(BENCH_ARGS)
 
+bench-flush: setup ## the flush statement alone, no HTTP: ms per flush and events/s by batch size
+	@$(BIN)/python -m bench.bench_flush $(BENCH_ARGS)
+
 bench-native: setup ## micro-benchmarks: native vs pure-Python reference, msgspec decoding
 	$(BIN)/pytest -q -p no:cacheprovider bench/bench_native.py bench/bench_decode.py \
 		--benchmark-enable --benchmark-columns=min,median,ops --benchmark-sort=name
@@ -16,4 +19,4 @@ bench-enrich: setup ## enrichment: one worker's messages/s, webhook to analysis 
 bench-ws: setup ## live stream: webhook to message.created frame p50/p99, 1,000 idle clients
 	$(BIN)/python bench/bench_ws.py $(BENCH_ARGS)
 
-.PHONY: bench bench-setup bench-native bench-enrich bench-ws
+.PHONY: bench bench-setup bench-flush bench-native bench-enrich bench-ws

@@ -14,6 +14,9 @@ instances registered through the admin API, then:
 3. after every run that stores messages: every message acknowledged with 2xx must be in the
    messages table, with its content, under the instance it was sent to (``lost``).
 
+``--with-worker`` runs a `sense worker` beside the server, as `sense run` does (its CPU is
+counted apart), and afterwards times how long the enrichment backlog takes to drain.
+
 Progress goes to stderr, the numbers to bench/.run/results.json, and the last line on stdout is
 the summary::
 
@@ -86,6 +89,7 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str]
 
     @property
     def address(self) -> str:
@@ -134,7 +138,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path, env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -562,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-redis", action="store_true", help="run without the live stream")
     parser.add_argument("--profile", action="store_true", help="py-spy the ingest max run")
     parser.add_argument(
+        "--with-worker",
+        action="store_true",
+        help="run `sense worker` beside the server, as `sense run` does, and time the "
+        "enrichment backlog's drain after the load",
+    )
+    parser.add_argument(
         "--routes", default="null,webhook,naive", help="maximum-rate runs, in this order"
     )
     parser.add_argument("--rate", type=float, help="fixed rate (default: half of ingest's max)")
@@ -594,11 +604,21 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(fresh_database())
     redis = None if args.no_redis else EmbeddedRedis(RUN).start()
     server = None
+    worker: subprocess.Popen[bytes] | None = None
+    drain: dict[str, Any] | None = None
     try:
         log(f"starting sense serve --workers {args.workers}")
         server = start_server(
             database_url, RUN / "data", args.workers, redis.url if redis else None
         )
+        if args.with_worker:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "worker", "--processes", "1"],
+                env=server.env,
+                stdout=(RUN / "worker.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         instances = register(server.url, args.tenants, args.instances, args.sources)
         files = (RUN / "deployment.tsv", RUN / "pool.tsv")
         traffic.write_deployment(files[0], instances)
@@ -612,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
 
         postmaster = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
         roots = {"server": server.process.pid, "postgres": postmaster}
+        if worker is not None:
+            roots["worker"] = worker.pid
         runs: dict[str, Run] = {}
         for route in args.routes.split(","):
             asyncio.run(checkpoint(database_url))
@@ -646,6 +668,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"cpu % of a core {half.extra['cpu_pct_of_one_core']}, "
                 f"cpu us/request {half.cpu_us_per_ok()}"
             )
+        drain = asyncio.run(drain_backlog(database_url)) if worker is not None else None
+        if drain is not None:
+            log(
+                f"enrichment backlog after the load: {drain['backlog']} messages, analysed "
+                f"{drain['seconds']} s later ({drain['left']} left)"
+            )
         profile = sorted(RUN.glob("profile-webhook.*.txt"))
         top = top_frames(profile) if args.profile else []
         results = {
@@ -653,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine(),
             "settings": vars(args),
             "runs": [r.summary() for r in runs.values()] + ([half.summary()] if half else []),
+            "enrichment_drain": drain,
             "profile_top_self": [
                 {"frame": f, "self_pct": round(s, 1), "incl_pct": round(i, 1)} for f, s, i in top
             ],
@@ -661,6 +690,12 @@ def main(argv: list[str] | None = None) -> int:
         for f, s, i in top:
             log(f"  {s:5.1f}% self {i:5.1f}% incl  {f}")
     finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(40)
+            except subprocess.TimeoutExpired:
+                worker.kill()
         if server is not None:
             server.stop()
         if redis is not None:
@@ -683,6 +718,23 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     return 0 if lost == 0 else 1
+
+
+PENDING = "SELECT count(*) FROM messages WHERE has_content AND analysis_state = 'pending'"
+
+
+async def drain_backlog(database_url: str, limit: float = 600.0) -> dict[str, Any]:
+    """Wait until the worker has analysed every stored message (or ``limit`` seconds)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        backlog = left = int(await conn.fetchval(PENDING))
+        started = time.monotonic()
+        while left and time.monotonic() - started < limit:
+            await asyncio.sleep(1.0)
+            left = int(await conn.fetchval(PENDING))
+        return {"backlog": backlog, "seconds": round(time.monotonic() - started, 1), "left": left}
+    finally:
+        await conn.close()
 
 
 def machine() -> dict[str, Any]:

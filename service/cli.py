@@ -260,6 +260,14 @@ SAMPLE = {
 }
 
 
+def run_web_workers(settings: Settings) -> int:
+    """`sense run`'s web processes: SENSE_WORKERS when set, else one per core (at most 4); the
+    enrichment worker beside them runs at a lower priority (SENSE_WORKER_NICE)."""
+    if os.environ.get("SENSE_WORKERS"):
+        return settings.workers
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def cmd_run(env: Environment, args: argparse.Namespace) -> int:
     settings = env.settings
     data_dir = settings.data_path
@@ -297,7 +305,7 @@ try it:
     )
     worker = start_worker_process()
     try:
-        serve(settings, args.workers or settings.workers)
+        serve(settings, args.workers or run_web_workers(settings))
     finally:
         worker.terminate()
         try:

@@ -32,7 +32,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     batch_max_requests: int = 2_000
     batch_max_bytes: int = 64 * 1024 * 1024
     batch_linger_seconds: float = 0.001  # under load, wait this long for a batch to fill
-    flushers: int = 1  # concurrent group commits per process, each on its own connection
+    flushers: int = 2  # concurrent group commits per process, each on its own connection:
+    # one batch is written while the previous one waits for its WAL flush (bench/RESULTS.md)
     db_pool_size: int = 6
     db_timeout_seconds: float = 10.0
     retry_after_seconds: int = 2
@@ -53,6 +54,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ai_batch_size: int = 20  # messages per chat-completion call
     ai_circuit_threshold: int = 5  # consecutive failures that open the circuit
     ai_circuit_cooldown_seconds: float = 30.0
+    # Scheduling priority of `sense worker` processes (added to their nice value, 0-19): on a
+    # box shared with `sense serve`, analysis yields the CPU to ingest and catches up after.
+    worker_nice: int = 10
     enrich_batch_size: int = 256  # message ids per broker message / analyzer batch
     enrich_max_retries: int = 4
     enrich_min_backoff_seconds: float = 2.0
@@ -108,7 +112,12 @@ _POSITIVE = {
     "reconcile_interval_seconds",
     "reconcile_max_age_seconds",
 }
-_NOT_NEGATIVE = {"ai_max_retries", "enrich_max_retries", "enqueue_linger_seconds"}
+_NOT_NEGATIVE = {
+    "ai_max_retries",
+    "enrich_max_retries",
+    "enqueue_linger_seconds",
+    "worker_nice",
+}
 AI_PROVIDERS = ("local", "openai")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -139,6 +140,10 @@ def serve(settings: Settings, threads: int) -> int:
     from service import logs
 
     logs.configure(settings.log_level)
+    if settings.worker_nice:
+        # below the web processes: analysis may fall behind under a burst and catch up
+        # after; ingest may not (its threads inherit this, onnxruntime's included)
+        os.nice(min(settings.worker_nice, 19))
     done = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -189,8 +194,6 @@ def run_worker(settings: Settings, *, processes: int = 1, threads: int = 2) -> i
             break
     for child in children:
         if child.is_alive() and child.pid is not None:
-            import os
-
             os.kill(child.pid, signal.SIGTERM)
     for child in children:
         child.join(40)

@@ -3,6 +3,7 @@ webhooks in, analyses and embeddings out, semantic search answered by the worker
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +21,9 @@ WAIT = 60.0
 
 
 @pytest.fixture
-def stack(clean_db: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+def stack(
+    clean_db: str, redis_url: str, tmp_path: Path
+) -> Iterator[tuple[Server, Path, subprocess.Popen[bytes]]]:
     server = start_server(clean_db, tmp_path, workers=1, SENSE_REDIS_URL=redis_url)
     log = tmp_path / "worker.log"
     worker = subprocess.Popen(
@@ -31,7 +34,7 @@ def stack(clean_db: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Serve
         start_new_session=True,
     )
     try:
-        yield server, log
+        yield server, log, worker
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -43,8 +46,10 @@ def stack(clean_db: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Serve
     assert code == 0, log.read_text()[-3000:]
 
 
-def test_webhook_to_analysis_and_semantic_search(stack: tuple[Server, Path], clean_db: str) -> None:
-    server, log = stack
+def test_webhook_to_analysis_and_semantic_search(
+    stack: tuple[Server, Path, subprocess.Popen[bytes]], clean_db: str
+) -> None:
+    server, log, worker = stack
     tenant = sense("tenant", "create", "acme", env=server.env)
     source = sense("source", "create", "evo", env=server.env)
     sense("instance", "add", "--tenant", "acme", "--source", "evo", "acme-1", env=server.env)
@@ -87,3 +92,8 @@ def test_webhook_to_analysis_and_semantic_search(stack: tuple[Server, Path], cle
 
     r = httpx.get(server.url + "/api/v1/chats", headers=headers)
     assert sum(c["analyzed_messages"] for c in r.json()["items"]) == 3
+
+    # it analysed at a lower priority than ingest: SENSE_WORKER_NICE (10) above this process's
+    assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(
+        os.getpriority(os.PRIO_PROCESS, 0) + 10, 19
+    )

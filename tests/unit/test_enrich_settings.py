@@ -3,6 +3,7 @@ key kept out of logs; the web process never loads the AI stack; the circuit brea
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -101,3 +102,21 @@ def test_circuit_breaker_opens_cools_down_and_probes_once() -> None:
     breaker.success()
     assert breaker.state == "closed" and breaker.failures == 0
     breaker.before_call()
+
+
+def test_sense_run_sizes_its_web_workers_for_the_box(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.cli import run_web_workers
+
+    monkeypatch.delenv("SENSE_WORKERS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert run_web_workers(load_settings({})) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert run_web_workers(load_settings({})) == 4
+    monkeypatch.setenv("SENSE_WORKERS", "1")
+    assert run_web_workers(load_settings({"SENSE_WORKERS": "1"})) == 1
+
+
+def test_worker_nice_must_not_be_negative() -> None:
+    with pytest.raises(SettingsError, match="SENSE_WORKER_NICE"):
+        load_settings({"SENSE_WORKER_NICE": "-5"})
+    assert load_settings({}).worker_nice == 10
