@@ -51,7 +51,7 @@ BATCH_ROWS = Histogram(
 )
 FLUSH_SECONDS = Histogram(
     "sense_flush_duration_seconds",
-    "Time to write one group commit (COPY + upserts + COMMIT)",
+    "Time to write one group commit (one sense_ingest statement, committed)",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 QUEUE_DEPTH = Gauge(

@@ -837,3 +837,54 @@ async def test_numbers_out_of_range_are_no_value_not_a_failed_write(
     assert r.status_code == 400 and r.json()["error"] == "invalid_parameter"
     r = await deployment.get("/api/v1/messages", "acme", after="c1.99999999999999999999")
     assert r.status_code == 400
+
+
+async def test_webhook_route_answers_other_methods_405_and_keeps_the_request_id(
+    deployment: Deployment,
+) -> None:
+    url = f"/api/webhooks/evolution/{deployment.secrets['evo']}/messages-upsert"
+    r = await deployment.client.get(url)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json()["error"] == "method_not_allowed"
+    r = await deployment.client.post(
+        url, json=upsert("acme-main", "RID1", "oi"), headers={"X-Request-Id": "abc-123"}
+    )
+    assert r.status_code == 200 and r.headers["x-request-id"] == "abc-123"
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {"status": "stored"}
+    assert (await deployment.client.post("/api/webhooks/evolution/")).status_code == 404
+
+
+async def test_a_client_gone_before_its_body_arrived_is_not_answered_and_nothing_is_stored(
+    app: Any, deployment: Deployment, conn: asyncpg.Connection
+) -> None:
+    body = msgspec.json.encode(upsert("acme-main", "GONE1", "meio corpo"))
+    parts: list[dict[str, Any]] = [
+        {"type": "http.request", "body": body[:20], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return parts.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    path = f"/api/webhooks/evolution/{deployment.secrets['evo']}"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+    }
+    await app(scope, receive, send)
+    assert sent == []
+    assert await conn.fetchval("SELECT count(*) FROM messages WHERE message_id = 'GONE1'") == 0
