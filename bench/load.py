@@ -89,7 +89,7 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
-    env: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)  # the server's environment
 
     @property
     def address(self) -> str:

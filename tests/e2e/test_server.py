@@ -86,7 +86,12 @@ def test_sigterm_flushes_everything_acknowledged(clean_db: str, tmp_path: Path) 
         return results
 
     results = asyncio.run(flood())
-    assert server.stop() == 0
+    # One SIGTERM only: a second one (Server.stop) stops Granian at once, mid-drain.
+    try:
+        code = server.process.wait(60)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert code == 0, server.log.read_text()[-3000:]
     acked = {mid for mid, status in results if status == 200}
     assert acked, "nothing was acknowledged before shutdown"
 
