@@ -96,7 +96,7 @@ class MessageOp:
     deleted: bool = False
     reactions: dict[str, dict[str, Any]] | None = None
     # The other form of a user chat's number (BR 9th digit, MX 1, AR 9): the upsert files the
-    # message under the form this instance already has a chat for (upsert_messages).
+    # message under the form this instance already has a chat for (sense_ingest, migration 0008).
     chat_variant: str | None = None
 
     @property

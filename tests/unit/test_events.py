@@ -218,7 +218,7 @@ def test_a_user_chat_carries_the_other_form_of_its_number(
     if chat is not None:
         assert (op.chat_jid, op.chat_type) == (f"{chat}@s.whatsapp.net", "user")
     assert op.chat_variant == (None if variant is None else f"{variant}@s.whatsapp.net")
-    # the staging row carries it in the column the upsert reads
+    # the row carries it in the field sense_ingest reads
     record = dict(zip(MESSAGE_COLUMNS, op.record(), strict=True))
     assert record["chat_variant"] == op.chat_variant
     assert record["chat_jid"] == op.chat_jid
