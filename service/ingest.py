@@ -52,7 +52,6 @@ class Committed:
     the live stream's frames), so that no hook reads them back."""
 
     created: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
-    updated: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
     analyzable: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
     instances: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
     messages: list[asyncpg.Record] = field(default_factory=list)
@@ -60,7 +59,6 @@ class Committed:
 
     def extend(self, other: Committed) -> None:
         self.created.extend(other.created)
-        self.updated.extend(other.updated)
         self.analyzable.extend(other.analyzable)
         self.instances.extend(other.instances)
         self.messages.extend(other.messages)
@@ -163,8 +161,6 @@ async def write_ops(conn: asyncpg.Connection, ops: Ops, *, lids_known: bool = Fa
             done.created.append(key)
             if r["analysis_state"] == "pending":
                 done.analyzable.append(key)
-        else:
-            done.updated.append(key)
     done.messages = rows
     done.instances.extend((t, i, "state") for t, i, *_ in ops.instance_states)
     done.instances.extend((t, i, "qrcode") for t, i, *_ in ops.qrcodes)

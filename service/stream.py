@@ -486,7 +486,7 @@ class Publisher:
         # Frames only for tenants someone listens to: asked after the commit, so a client whose
         # `ready` (sent once its channel is subscribed) came before the commit is counted.
         # Most tenants have no dashboard open most of the time.
-        tenants = {t for committed in batch for t, _, _ in committed.created + committed.updated}
+        tenants = {row["tenant_id"] for committed in batch for row in committed.messages}
         tenants.update(t for committed in batch for t, _, _ in committed.instances)
         listened = await self.listened(tenants) if tenants else set()
         if not listened:
