@@ -672,7 +672,9 @@ def main(argv: list[str] | None = None) -> int:
         if drain is not None:
             log(
                 f"enrichment backlog after the load: {drain['backlog']} messages, analysed "
-                f"{drain['seconds']} s later ({drain['left']} left)"
+                f"{drain['seconds']} s later ({drain['left']} left); searchable by text after "
+                f"{drain['searchable_after_s']} s; messages updates "
+                f"{drain['messages_updates']}, HOT {drain['messages_hot_updates']}"
             )
         profile = sorted(RUN.glob("profile-webhook.*.txt"))
         top = top_frames(profile) if args.profile else []
@@ -722,9 +724,24 @@ def main(argv: list[str] | None = None) -> int:
 
 PENDING = "SELECT count(*) FROM messages WHERE has_content AND analysis_state = 'pending'"
 
+# How long after its commit each message became searchable by text (its search row written by
+# the index actor, migration 0009), and how many never were.
+INDEX_LAG = """
+SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY lag) AS p, max(lag) AS max,
+       count(*) FILTER (WHERE lag IS NULL) AS unindexed
+FROM (SELECT extract(epoch FROM s.indexed_at - m.content_at)::float8 AS lag
+      FROM messages AS m
+      LEFT JOIN message_search AS s USING (tenant_id, instance_id, message_id)
+      WHERE m.has_content) AS lags
+"""
+
+# Updates of messages rows (status, edits, analysis) done in place (HOT: no index entry).
+UPDATES = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'messages'"
+
 
 async def drain_backlog(database_url: str, limit: float = 600.0) -> dict[str, Any]:
-    """Wait until the worker has analysed every stored message (or ``limit`` seconds)."""
+    """Wait until the worker has analysed every stored message (or ``limit`` seconds); then
+    say how soon messages became searchable and how many updates were HOT."""
     conn = await asyncpg.connect(database_url)
     try:
         backlog = left = int(await conn.fetchval(PENDING))
@@ -732,7 +749,23 @@ async def drain_backlog(database_url: str, limit: float = 600.0) -> dict[str, An
         while left and time.monotonic() - started < limit:
             await asyncio.sleep(1.0)
             left = int(await conn.fetchval(PENDING))
-        return {"backlog": backlog, "seconds": round(time.monotonic() - started, 1), "left": left}
+        seconds = round(time.monotonic() - started, 1)
+        lag = await conn.fetchrow(INDEX_LAG)
+        await asyncio.sleep(1.5)  # backends flush their statistics at most once a second
+        updates = await conn.fetchrow(UPDATES)
+        return {
+            "backlog": backlog,
+            "seconds": seconds,
+            "left": left,
+            "searchable_after_s": {
+                "p50": round(lag["p"][0], 3) if lag["p"] else None,
+                "p99": round(lag["p"][1], 3) if lag["p"] else None,
+                "max": round(lag["max"], 3) if lag["max"] is not None else None,
+                "never": lag["unindexed"],
+            },
+            "messages_updates": updates[0],
+            "messages_hot_updates": updates[1],
+        }
     finally:
         await conn.close()
 

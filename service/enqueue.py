@@ -1,7 +1,10 @@
-"""Hand committed messages to the enrichment workers (Dramatiq on Redis), from the web process.
+"""Hand committed messages to the workers (Dramatiq on Redis), from the web process.
 
-The web process never imports the AI stack, nor the worker's actors: it builds the Dramatiq
-message by queue and actor name (``QUEUE``, ``ACTOR``) and puts it on the broker. The batcher's
+Every message whose content was just stored goes to the index actor (``INDEX_QUEUE``,
+``INDEX_ACTOR``): it writes the message's search row within seconds, whatever the analysis
+backlog, and hands the messages still waiting for analysis on to the enrichment actor
+(``QUEUE``, ``ACTOR``). The web process never imports the AI stack, nor the worker's actors:
+it builds the Dramatiq message by queue and actor name and puts it on the broker. The batcher's
 post-commit hook only appends ids to a buffer; one sender task per process takes everything
 waiting and enqueues it as one broker message per ``enrich_batch_size`` ids, in a thread, with
 a short socket timeout. At low load a flush is one or two messages: the sender lingers
@@ -10,8 +13,8 @@ message — per-message overhead in the worker (a fetch, two queries, an inferen
 otherwise dominate; under load the buffer fills past a batch and nothing waits. A webhook never
 waits for Redis, and a dead broker costs one failed attempt per back-off period, not one per
 flush.
-Ids that cannot be enqueued are dropped here: their rows stay ``pending`` in Postgres and the
-workers' reconciler enqueues them again once the broker is back.
+Ids that cannot be enqueued are dropped here: their rows stay ``pending`` (and unindexed) in
+Postgres and the workers' reconciler enqueues them again once the broker is back.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sense.enqueue")
 
-# The worker side declares its actor under these names (workers/actors.py).
+# The worker side declares its actors under these names (workers/actors.py).
+INDEX_QUEUE = "sense-index"
+INDEX_ACTOR = "index_messages"
 QUEUE = "sense-enrich"
 ACTOR = "analyze_messages"
 NAMESPACE = "dramatiq"
@@ -95,21 +100,22 @@ class Enqueuer:
         self._backoff = BACKOFF_START
 
     def start(self) -> None:
-        self.broker.declare_queue(QUEUE)
+        self.broker.declare_queue(INDEX_QUEUE)
         self._task = asyncio.create_task(self._run(), name="sense-enqueue")
 
     async def hook(self, committed: Committed) -> None:
         """Post-commit hook: never blocks, never raises."""
-        if not committed.analyzable:
+        created = committed.created
+        if not created:
             return
         if time.monotonic() < self._retry_at:
-            self.dropped_ids += len(committed.analyzable)  # broker down: the reconciler has them
+            self.dropped_ids += len(created)  # broker down: the reconciler has them
             return
         room = self.max_buffered - len(self._buffer)
-        if room < len(committed.analyzable):
-            self.dropped_ids += len(committed.analyzable) - max(room, 0)
+        if room < len(created):
+            self.dropped_ids += len(created) - max(room, 0)
         if room > 0:
-            self._buffer.extend(committed.analyzable[:room])
+            self._buffer.extend(created[:room])
             self._idle.clear()
             self._wakeup.set()
 
@@ -160,8 +166,8 @@ class Enqueuer:
 
         for chunk in chunks:
             message: dramatiq.Message[Any] = dramatiq.Message(
-                queue_name=QUEUE,
-                actor_name=ACTOR,
+                queue_name=INDEX_QUEUE,
+                actor_name=INDEX_ACTOR,
                 args=(message_args(chunk),),
                 kwargs={},
                 options={},

@@ -52,14 +52,12 @@ class Committed:
     the live stream's frames), so that no hook reads them back."""
 
     created: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
-    analyzable: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
     instances: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
     messages: list[asyncpg.Record] = field(default_factory=list)
     rows: int = 0
 
     def extend(self, other: Committed) -> None:
         self.created.extend(other.created)
-        self.analyzable.extend(other.analyzable)
         self.instances.extend(other.instances)
         self.messages.extend(other.messages)
         self.rows += other.rows
@@ -156,11 +154,8 @@ async def write_ops(conn: asyncpg.Connection, ops: Ops, *, lids_known: bool = Fa
         ops.quarantine,
     )
     for r in rows:
-        key = (r["tenant_id"], r["instance_id"], r["message_id"])
         if r["created"]:
-            done.created.append(key)
-            if r["analysis_state"] == "pending":
-                done.analyzable.append(key)
+            done.created.append((r["tenant_id"], r["instance_id"], r["message_id"]))
     done.messages = rows
     done.instances.extend((t, i, "state") for t, i, *_ in ops.instance_states)
     done.instances.extend((t, i, "qrcode") for t, i, *_ in ops.qrcodes)

@@ -16,6 +16,7 @@ from service import db
 
 DATA_TABLES = [
     "messages",
+    "message_search",
     "lid_map",
     "contacts",
     "chats",
@@ -26,6 +27,8 @@ DATA_TABLES = [
     "sources",
     "tenants",
 ]
+# the reconciler's watermark (migration 0009) back before any test's messages
+RESET_RECONCILER = "UPDATE sense_reconcile SET content_at = '2000-01-01', seq = 0"
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +109,7 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to a clean database (all data tables emptied before the test)."""
     connection = await db.connect(database_url)
     await connection.execute(f"TRUNCATE {', '.join(DATA_TABLES)} CASCADE")
+    await connection.execute(RESET_RECONCILER)
     try:
         yield connection
     finally:

@@ -1,4 +1,11 @@
-"""The enrichment actor: analyse a batch of messages by id, idempotently.
+"""The workers' actors, both idempotent: index a batch of messages for search, then analyse it.
+
+``index_messages([[tenant_id, instance_id, message_id], ...])`` (queue ``sense-index``) is
+what the web process enqueues for every message whose content it stored: one statement
+writes their search rows (the Portuguese tsvector, migration 0009) and the messages still
+waiting for analysis are handed on to ``analyze_messages`` in one broker message. It has its
+own queue and thread, so a message is searchable by text within seconds however far behind
+the analysis is.
 
 ``analyze_messages([[tenant_id, instance_id, message_id], ...])`` (queue ``sense-enrich``;
 names shared with service/enqueue.py, which enqueues it without importing this module):
@@ -30,7 +37,7 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
-from service.enqueue import ACTOR, QUEUE
+from service.enqueue import ACTOR, INDEX_ACTOR, INDEX_QUEUE, QUEUE
 from workers.provider import BadAnswer, Provider, Unavailable
 from workers.store import Key, Result, Row, Saved, parse_keys
 
@@ -43,7 +50,9 @@ Publish = Callable[[uuid.UUID, list[dict[str, Any]]], None]
 
 
 class RowStore(Protocol):
-    """What the actor needs from Postgres (workers.store.Store)."""
+    """What the actors need from Postgres (workers.store.Store)."""
+
+    def index(self, keys: list[Key]) -> list[Key]: ...
 
     def load(self, keys: list[Key]) -> list[Row]: ...
 
@@ -52,8 +61,23 @@ class RowStore(Protocol):
     def fail(self, keys: list[Key], reason: str) -> list[Key]: ...
 
 
+class Indexing:
+    """The index actor's work, independent of Dramatiq: ``forward`` enqueues the analysis."""
+
+    def __init__(self, store: RowStore, forward: Callable[[list[Key]], None]) -> None:
+        self.store = store
+        self.forward = forward
+
+    def index(self, raw_keys: Iterable[Iterable[Any]]) -> list[Key]:
+        pending = self.store.index(parse_keys(raw_keys))
+        if pending:
+            # a failure here retries the whole message: indexing again changes nothing
+            self.forward(pending)
+        return pending
+
+
 class Enrichment:
-    """The actor's work, independent of Dramatiq."""
+    """The analysis actor's work, independent of Dramatiq."""
 
     def __init__(self, store: RowStore, provider: Provider, publish: Publish | None = None):
         self.store = store
@@ -193,3 +217,24 @@ def declare(
         time_limit=int(settings.enrich_time_limit_seconds * 1000),
     )
     return decorate(analyze_messages)
+
+
+def declare_index(
+    broker: dramatiq.Broker, indexing: Indexing, settings: Settings
+) -> dramatiq.Actor[Any, Any]:
+    """Register ``index_messages`` on ``broker``, bound to ``indexing``. A message that runs
+    out of retries (Postgres away for minutes) leaves its rows to the reconciler."""
+
+    def index_messages(keys: list[list[str]]) -> None:
+        indexing.index(keys)
+
+    decorate = dramatiq.actor(
+        broker=broker,
+        actor_name=INDEX_ACTOR,
+        queue_name=INDEX_QUEUE,
+        max_retries=settings.enrich_max_retries,
+        min_backoff=int(settings.enrich_min_backoff_seconds * 1000),
+        max_backoff=int(settings.enrich_max_backoff_seconds * 1000),
+        time_limit=int(settings.enrich_time_limit_seconds * 1000),
+    )
+    return decorate(index_messages)

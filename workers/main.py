@@ -1,7 +1,9 @@
-"""``sense worker``: Dramatiq worker processes for the enrichment queue.
+"""``sense worker``: Dramatiq worker processes for the index and enrichment queues.
 
 Each process loads the analyzers once (``SENSE_AI_PROVIDER``), then runs:
 
+- a Dramatiq ``Worker`` with one thread on the ``sense-index`` queue (search rows, then the
+  hand-over to analysis), so that indexing never waits behind the analysis backlog;
 - a Dramatiq ``Worker`` with ``threads`` threads on the ``sense-enrich`` queue (Redis broker);
 - the query-embedding loop for semantic search (workers/query_embed.py), with the same
   ``embed`` as the messages use;
@@ -22,7 +24,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from service.enqueue import QUEUE, message_args, redis_broker
+from service.enqueue import INDEX_QUEUE, QUEUE, message_args, redis_broker
 from workers.store import Key
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ class WorkerProcess:
     def __init__(self, settings: Settings, threads: int, provider: Any = None) -> None:
         import dramatiq
 
-        from workers.actors import Enrichment, declare, middleware
+        from workers.actors import Enrichment, Indexing, declare, declare_index, middleware
         from workers.provider import build_provider
         from workers.reconciler import Reconciler
         from workers.store import Store
@@ -81,8 +83,17 @@ class WorkerProcess:
             settings.redis_url, BROKER_SOCKET_TIMEOUT, middleware(lambda: self.enrichment)
         )
         self.actor = declare(self.broker, self.enrichment, settings)
+        self.indexing = Indexing(self.store, self.forward)
+        self.index_actor = declare_index(self.broker, self.indexing, settings)
         self.worker = dramatiq.Worker(
-            self.broker, worker_threads=threads, worker_timeout=WORKER_TIMEOUT_MS
+            self.broker,
+            queues={QUEUE},
+            worker_threads=threads,
+            worker_timeout=WORKER_TIMEOUT_MS,
+        )
+        # its own consumer and thread: indexing never waits behind the analysis backlog
+        self.index_worker = dramatiq.Worker(
+            self.broker, queues={INDEX_QUEUE}, worker_threads=1, worker_timeout=WORKER_TIMEOUT_MS
         )
         self.reconciler = Reconciler(
             self.store,
@@ -96,6 +107,10 @@ class WorkerProcess:
         self._threads: list[threading.Thread] = []
 
     def send(self, keys: list[Key]) -> None:
+        """The reconciler's way in: index (idempotent), then analyse what is pending."""
+        self.index_actor.send(message_args(keys))
+
+    def forward(self, keys: list[Key]) -> None:
         self.actor.send(message_args(keys))
 
     def _expired(self, keys: list[Key]) -> None:
@@ -109,6 +124,7 @@ class WorkerProcess:
         assert self.settings.redis_url
         self.broker.emit_after("process_boot")  # starts TimeLimit's watchdog
         self.worker.start()
+        self.index_worker.start()
         for name, target, args in (
             (
                 "sense-query-embed",
@@ -120,10 +136,14 @@ class WorkerProcess:
             thread = threading.Thread(target=target, args=args, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("worker ready", extra={"queue": QUEUE, "threads": self.worker.worker_threads})
+        log.info(
+            "worker ready",
+            extra={"queues": [INDEX_QUEUE, QUEUE], "threads": self.worker.worker_threads},
+        )
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stop_event.set()
+        self.index_worker.stop(timeout=int(timeout * 1000))
         self.worker.stop(timeout=int(timeout * 1000))
         for thread in self._threads:
             thread.join(5)

@@ -1,6 +1,6 @@
 """Postgres for the worker's threads: an asyncpg pool on a private event-loop thread, behind
 plain blocking methods (Dramatiq actors and the reconciler are synchronous). Queries are the
-``enrich_*`` ones of service/sql/enrichment.sql."""
+ones of service/sql/enrichment.sql."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from service import db
 T = TypeVar("T")
 
 Key = tuple[uuid.UUID, uuid.UUID, str]
+Position = tuple[datetime, int]  # (content_at, seq): a place in the order messages arrived
 
 RECONCILE_LOCK = 0x53454E5345 + 4  # advisory lock key: one reconciler at a time (db.py has +0)
 
@@ -28,6 +29,16 @@ RECONCILE_LOCK = 0x53454E5345 + 4  # advisory lock key: one reconciler at a time
 class Row:
     key: Key
     text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Scanned:
+    """A message the reconciler walked past, and what it still needs."""
+
+    position: Position
+    key: Key
+    pending: bool  # not analysed yet
+    unindexed: bool  # no search row yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +115,14 @@ class Store:
         assert self._pool is not None, "Store.start() first"
         return self._pool
 
-    # the actor's statements ---------------------------------------------------------------
+    # the actors' statements --------------------------------------------------------------
+
+    def index(self, keys: list[Key]) -> list[Key]:
+        """Write the messages' search rows; answer those still waiting for analysis."""
+        if not keys:
+            return []
+        rows = self._call(self.pool.fetch(db.q("index_messages"), *_columns(keys)))
+        return [(r["tenant_id"], r["instance_id"], r["message_id"]) for r in rows]
 
     def load(self, keys: list[Key]) -> list[Row]:
         if not keys:
@@ -166,17 +184,26 @@ class Store:
             with contextlib.suppress(Exception):
                 self._call(self.pool.release(conn))
 
-    def stale(
-        self, age: float, max_age: float, limit: int, after: tuple[datetime, Key] | None
-    ) -> list[tuple[datetime, Key]]:
-        at, key = after or (datetime.min, (uuid.UUID(int=0), uuid.UUID(int=0), ""))
-        if after is None:
-            at = datetime.fromisoformat("0001-01-01T00:00:00+00:00")
-        rows = self._call(self.pool.fetch(db.q("enrich_stale"), age, max_age, at, *key, limit))
+    def position(self) -> Position:
+        row = self._call(self.pool.fetchrow(db.q("reconcile_position")))
+        assert row is not None, "migration 0009 seeds sense_reconcile"
+        return (row["content_at"], row["seq"])
+
+    def advance(self, position: Position) -> None:
+        self._call(self.pool.execute(db.q("reconcile_advance"), *position))
+
+    def scan(self, after: Position, age: float, limit: int) -> list[Scanned]:
+        rows = self._call(self.pool.fetch(db.q("reconcile_scan"), *after, age, limit))
         return [
-            (r["content_at"], (r["tenant_id"], r["instance_id"], r["message_id"])) for r in rows
+            Scanned(
+                (r["content_at"], r["seq"]),
+                (r["tenant_id"], r["instance_id"], r["message_id"]),
+                r["pending"],
+                r["unindexed"],
+            )
+            for r in rows
         ]
 
-    def expire(self, max_age: float, reason: str) -> list[Key]:
-        rows = self._call(self.pool.fetch(db.q("enrich_expire"), max_age, reason[:500]))
+    def expire(self, max_age: float, reason: str, after: Position) -> list[Key]:
+        rows = self._call(self.pool.fetch(db.q("enrich_expire"), max_age, reason[:500], *after))
         return [(r["tenant_id"], r["instance_id"], r["message_id"]) for r in rows]

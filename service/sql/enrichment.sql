@@ -1,6 +1,30 @@
--- Enrichment worker queries (workers/store.py). Every statement takes the message keys as
--- three parallel arrays (tenant_id[], instance_id[], message_id[]) and touches only rows still
--- 'pending', which is what makes the actor idempotent: a second run finds nothing to do.
+-- Enrichment worker queries (workers/store.py). The actors' statements take the message keys
+-- as three parallel arrays (tenant_id[], instance_id[], message_id[]); analysis touches only
+-- rows still 'pending' and indexing only rows not indexed from a newer edit, which is what
+-- makes the actors idempotent: a second run finds nothing to do.
+
+-- name: index_messages
+-- Index the messages' text for search (message_search) and answer those still waiting for
+-- analysis. Idempotent: a message indexed from a newer edit (the edit trigger of migration
+-- 0009) is left as it is.
+WITH keys AS (
+    SELECT m.tenant_id, m.instance_id, m.message_id, m.analysis_state,
+           to_tsvector('sense_pt', coalesce(m.edited_text, m.text, '')) AS tsv, m.edit_ts
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(tenant_id, instance_id, message_id)
+    JOIN messages AS m
+        ON m.tenant_id = k.tenant_id AND m.instance_id = k.instance_id
+       AND m.message_id = k.message_id
+    WHERE m.has_content
+    ORDER BY m.tenant_id, m.instance_id, m.message_id
+),
+indexed AS (
+    INSERT INTO message_search AS s (tenant_id, instance_id, message_id, tsv, edit_ts)
+    SELECT tenant_id, instance_id, message_id, tsv, edit_ts FROM keys
+    ON CONFLICT (tenant_id, instance_id, message_id) DO UPDATE
+        SET tsv = EXCLUDED.tsv, edit_ts = EXCLUDED.edit_ts, indexed_at = now()
+        WHERE coalesce(EXCLUDED.edit_ts, -1) > coalesce(s.edit_ts, -1)
+)
+SELECT tenant_id, instance_id, message_id FROM keys WHERE analysis_state = 'pending'
 
 -- name: enrich_load
 -- The text to analyse: the edited text when an edit arrived before the analysis.
@@ -12,23 +36,36 @@ JOIN messages AS m
 WHERE m.has_content AND m.analysis_state = 'pending'
 
 -- name: enrich_save
--- One UPDATE for the whole batch; state is 'done' or 'skipped' (no text to analyse).
+-- One statement for the whole batch; state is 'done' or 'skipped' (no text to analyse). The
+-- analysis changes no indexed column of messages (a HOT update, migration 0009); the
+-- embedding goes to the message's search row, which the index actor wrote before.
 -- Embeddings come as pgvector text literals ('[0.1,0.2,...]').
-UPDATE messages AS m
-SET analysis_state = u.state,
-    sentiment = u.sentiment,
-    emotion = u.emotion,
-    satisfaction = u.satisfaction,
-    embedding = u.embedding::vector,
-    analysis_error = NULL,
-    analyzed_at = now()
-FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::real[], $6::text[],
-            $7::smallint[], $8::text[])
-     AS u(tenant_id, instance_id, message_id, state, sentiment, emotion, satisfaction, embedding)
-WHERE m.tenant_id = u.tenant_id AND m.instance_id = u.instance_id
-  AND m.message_id = u.message_id AND m.analysis_state = 'pending'
-RETURNING m.tenant_id, m.instance_id, m.message_id, m.analysis_state, m.sentiment, m.emotion,
-          m.satisfaction
+WITH saved AS (
+    UPDATE messages AS m
+    SET analysis_state = u.state,
+        sentiment = u.sentiment,
+        emotion = u.emotion,
+        satisfaction = u.satisfaction,
+        analysis_error = NULL,
+        analyzed_at = now()
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::real[], $6::text[],
+                $7::smallint[])
+         AS u(tenant_id, instance_id, message_id, state, sentiment, emotion, satisfaction)
+    WHERE m.tenant_id = u.tenant_id AND m.instance_id = u.instance_id
+      AND m.message_id = u.message_id AND m.analysis_state = 'pending'
+    RETURNING m.tenant_id, m.instance_id, m.message_id, m.analysis_state, m.sentiment,
+              m.emotion, m.satisfaction
+),
+embedded AS (
+    UPDATE message_search AS s
+    SET embedding = e.embedding::vector
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $8::text[])
+         AS e(tenant_id, instance_id, message_id, embedding)
+    JOIN saved USING (tenant_id, instance_id, message_id)
+    WHERE s.tenant_id = e.tenant_id AND s.instance_id = e.instance_id
+      AND s.message_id = e.message_id AND e.embedding IS NOT NULL
+)
+SELECT * FROM saved
 
 -- name: enrich_fail
 UPDATE messages AS m
@@ -38,23 +75,37 @@ WHERE m.tenant_id = k.tenant_id AND m.instance_id = k.instance_id
   AND m.message_id = k.message_id AND m.analysis_state = 'pending' AND m.has_content
 RETURNING m.tenant_id, m.instance_id, m.message_id
 
--- name: enrich_stale
--- Pending messages whose content arrived between $2 and $1 seconds ago, oldest first, after the
--- keyset position ($3, $4, $5, $6). Uses the messages_pending index.
-SELECT tenant_id, instance_id, message_id, content_at
-FROM messages
-WHERE has_content AND analysis_state = 'pending'
-  AND content_at < now() - make_interval(secs => $1)
-  AND content_at >= now() - make_interval(secs => $2)
-  AND (content_at, tenant_id, instance_id, message_id) > ($3::timestamptz, $4::uuid, $5::uuid, $6::text)
-ORDER BY content_at, tenant_id, instance_id, message_id
-LIMIT $7
+-- name: reconcile_position
+-- The reconciler's watermark (migration 0009); one reconciler at a time (advisory lock).
+SELECT content_at, seq FROM sense_reconcile
+
+-- name: reconcile_advance
+UPDATE sense_reconcile SET content_at = $1, seq = $2
+
+-- name: reconcile_scan
+-- The next messages after a position (content_at, seq) whose content arrived more than $3
+-- seconds ago, in order, with what each still needs: `pending` (not analysed) or `unindexed`
+-- (no search row). Walks messages_content_at.
+SELECT m.content_at, m.seq, m.tenant_id, m.instance_id, m.message_id,
+       m.analysis_state = 'pending' AS pending, s.message_id IS NULL AS unindexed
+FROM (
+    SELECT content_at, seq, tenant_id, instance_id, message_id, analysis_state
+    FROM messages
+    WHERE has_content AND (content_at, seq) > ($1::timestamptz, $2::bigint)
+      AND content_at < now() - make_interval(secs => $3)
+    ORDER BY content_at, seq
+    LIMIT $4
+) AS m
+LEFT JOIN message_search AS s USING (tenant_id, instance_id, message_id)
+ORDER BY m.content_at, m.seq
 
 -- name: enrich_expire
--- Pending for longer than anyone will wait for: give up, with the reason.
+-- Pending for longer than anyone will wait for: give up, with the reason. Only from the
+-- watermark on ($3, $4): nothing before it is pending.
 UPDATE messages
 SET analysis_state = 'failed', analysis_error = $2, analyzed_at = now()
 WHERE has_content AND analysis_state = 'pending'
+  AND (content_at, seq) > ($3::timestamptz, $4::bigint)
   AND content_at < now() - make_interval(secs => $1)
 RETURNING tenant_id, instance_id, message_id
 

@@ -28,56 +28,71 @@ ORDER BY content_xid, seq
 LIMIT $6
 
 -- name: search_text
--- Portuguese full-text search within one tenant; the WHERE clause matches the partial GIN index
--- messages_search (tenant_id, to_tsvector('sense_pt', coalesce(edited_text, text))), so the
--- index answers the tenant and the words at once. Ranking recomputes each candidate's tsvector
--- (~20 us a row), so only the newest 1000 matches are ranked: a word found in a big tenant's
--- every tenth message costs a bounded ranking, not one per match (EXPLAIN on 200k rows over
--- 1000 tenants: 2646 matches, 75 ms ranked in full, 28 ms bounded).
--- Matches are marked with U+0002 ... U+0003 in `highlight` (never HTML).
+-- Portuguese full-text search within one tenant, over the search rows the index actor writes
+-- (migration 0009): the GIN index message_search_text (tenant_id, tsv) answers the tenant and
+-- the words at once; the message itself is joined by primary key. Only the newest 1000 matches
+-- are ranked, so a word found in a big tenant's every tenth message costs a bounded ranking,
+-- not one per match. Matches are marked with U+0002 ... U+0003 in `highlight` (never HTML).
 WITH q AS (SELECT websearch_to_tsquery('sense_pt', $2) AS query),
 recent AS (
     SELECT m.instance_id, m.message_id, m.chat_jid, m.chat_type, m.sender_jid, m.sender_phone,
            m.from_me, m.push_name, m.type, m.text, m.status, m.edited_text, m.edit_ts,
            m.deleted, m.reactions, m.quoted_message_id, m.message_ts, m.analysis_state,
-           m.sentiment, m.emotion, m.satisfaction, m.analysis_error, m.seq, q.query
-    FROM messages AS m, q
-    WHERE m.tenant_id = $1 AND m.has_content AND NOT m.deleted
-      AND to_tsvector('sense_pt', coalesce(m.edited_text, m.text)) @@ q.query
-      AND ($3::uuid IS NULL OR m.instance_id = $3)
+           m.sentiment, m.emotion, m.satisfaction, m.analysis_error, m.seq, s.tsv, q.query
+    FROM message_search AS s
+    CROSS JOIN q
+    -- one primary-key probe per match (OFFSET 0 keeps it a lateral lookup: as a plain join
+    -- the planner may hash the tenant's every message to meet a few hundred matches)
+    JOIN LATERAL (
+        SELECT * FROM messages AS x
+        WHERE x.tenant_id = s.tenant_id AND x.instance_id = s.instance_id
+          AND x.message_id = s.message_id
+        OFFSET 0
+    ) AS m ON true
+    WHERE s.tenant_id = $1 AND s.tsv @@ q.query
+      AND m.has_content AND NOT m.deleted
+      AND ($3::uuid IS NULL OR s.instance_id = $3)
       AND ($4::text[] IS NULL OR m.chat_jid = ANY($4))
     ORDER BY m.message_ts DESC, m.seq DESC
     LIMIT 1000
 ),
 hits AS (
-    SELECT recent.*,
-           ts_rank_cd(to_tsvector('sense_pt', coalesce(recent.edited_text, recent.text)),
-                      recent.query) AS score
+    SELECT recent.*, ts_rank_cd(recent.tsv, recent.query) AS score
     FROM recent
     ORDER BY score DESC, message_ts DESC, seq DESC
     LIMIT $5
 )
-SELECT hits.*, ts_headline('sense_pt', coalesce(hits.edited_text, hits.text), hits.query,
-                           'StartSel=' || chr(2) || ', StopSel=' || chr(3)
-                           || ', MaxFragments=2, MaxWords=18, MinWords=6') AS highlight
+SELECT hits.instance_id, hits.message_id, hits.chat_jid, hits.chat_type, hits.sender_jid,
+       hits.sender_phone, hits.from_me, hits.push_name, hits.type, hits.text, hits.status,
+       hits.edited_text, hits.edit_ts, hits.deleted, hits.reactions, hits.quoted_message_id,
+       hits.message_ts, hits.analysis_state, hits.sentiment, hits.emotion, hits.satisfaction,
+       hits.analysis_error, hits.seq, hits.score,
+       ts_headline('sense_pt', coalesce(hits.edited_text, hits.text), hits.query,
+                   'StartSel=' || chr(2) || ', StopSel=' || chr(3)
+                   || ', MaxFragments=2, MaxWords=18, MinWords=6') AS highlight
 FROM hits
 ORDER BY score DESC, message_ts DESC, seq DESC
 
 -- name: search_semantic
 -- Nearest messages of one tenant by cosine distance to a query embedding ($2, text form
--- '[x,y,...]'). Run with hnsw.iterative_scan = relaxed_order so that the tenant filter cannot
--- starve the index scan; the outer ORDER BY restores the exact order.
+-- '[x,y,...]'), over the search rows' embeddings (migration 0009). Run with
+-- hnsw.iterative_scan = relaxed_order so that the tenant filter cannot starve the index scan;
+-- the outer ORDER BY restores the exact order.
 SELECT * FROM (
     SELECT m.instance_id, m.message_id, m.chat_jid, m.chat_type, m.sender_jid, m.sender_phone,
            m.from_me, m.push_name, m.type, m.text, m.status, m.edited_text, m.edit_ts,
            m.deleted, m.reactions, m.quoted_message_id, m.message_ts, m.analysis_state,
            m.sentiment, m.emotion, m.satisfaction, m.analysis_error, m.seq,
-           m.embedding <=> $2::text::vector AS distance
-    FROM messages AS m
-    WHERE m.tenant_id = $1 AND m.has_content AND NOT m.deleted AND m.embedding IS NOT NULL
-      AND ($3::uuid IS NULL OR m.instance_id = $3)
+           s.embedding <=> $2::text::vector AS distance
+    FROM message_search AS s
+    JOIN messages AS m
+        ON m.tenant_id = s.tenant_id AND m.instance_id = s.instance_id
+       AND m.message_id = s.message_id
+    WHERE s.tenant_id = $1 AND s.embedding IS NOT NULL
+      AND m.has_content AND NOT m.deleted
+      AND ($3::uuid IS NULL OR s.instance_id = $3)
       AND ($4::text[] IS NULL OR m.chat_jid = ANY($4))
-    ORDER BY m.embedding <=> $2::text::vector
+    ORDER BY s.embedding <=> $2::text::vector
     LIMIT $5
 ) AS nearest
 ORDER BY distance

@@ -141,7 +141,7 @@ def embedding_dims(database_url: str) -> list[int]:
     async def fetch() -> list[int]:
         conn = await asyncpg.connect(database_url)
         try:
-            rows = await conn.fetch("SELECT vector_dims(embedding) AS d FROM messages")
+            rows = await conn.fetch("SELECT vector_dims(embedding) AS d FROM message_search")
         finally:
             await conn.close()
         return [r["d"] for r in rows]

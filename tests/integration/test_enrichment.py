@@ -18,12 +18,13 @@ import pytest
 import redis
 from starlette.applications import Starlette
 
+from service import db
 from service.embedded import EmbeddedRedis
-from service.enqueue import ACTOR, NAMESPACE, QUEUE
+from service.enqueue import INDEX_ACTOR, INDEX_QUEUE, NAMESPACE, QUEUE
 from service.settings import Settings, load_settings
 from tests.integration.conftest import ADMIN, Deployment, upsert
 from tests.unit.test_actors import Flaky
-from workers.actors import Enrichment
+from workers.actors import Enrichment, Indexing
 from workers.main import WorkerProcess
 from workers.provider import BadAnswer, LocalProvider
 from workers.reconciler import Reconciler
@@ -31,6 +32,7 @@ from workers.store import Store
 
 WAIT = 30.0
 QUEUE_KEY = f"{NAMESPACE}:{QUEUE}"
+INDEX_KEY = f"{NAMESPACE}:{INDEX_QUEUE}"
 
 
 def _settings(database_url: str, redis_url: str, **extra: Any) -> Settings:
@@ -49,7 +51,7 @@ def _settings(database_url: str, redis_url: str, **extra: Any) -> Settings:
 
 def _flush_queue(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(f"{NAMESPACE}:{QUEUE}*"))
+    keys = list(client.scan_iter(f"{NAMESPACE}:sense-*"))
     if keys:
         client.delete(*keys)
     client.close()
@@ -108,10 +110,10 @@ async def _done(d: Deployment, tenant: str, instance: str, mid: str) -> dict[str
     return result
 
 
-def _queued(redis_url: str) -> list[dramatiq.Message[Any]]:
+def _queued(redis_url: str, key: str = INDEX_KEY) -> list[dramatiq.Message[Any]]:
     client = redis.Redis.from_url(redis_url)
     try:
-        raw = client.hvals(f"{QUEUE_KEY}.msgs")
+        raw = client.hvals(f"{key}.msgs")
     finally:
         client.close()
     return [dramatiq.Message.decode(m) for m in raw]
@@ -132,12 +134,14 @@ async def test_enqueue_after_commit_one_broker_message_per_flush(
     rows = await conn.fetch(
         "SELECT tenant_id, instance_id, message_id, analysis_state FROM messages"
     )
-    pending = {(str(r[0]), str(r[1]), r[2]) for r in rows if r["analysis_state"] == "pending"}
-    assert len(pending) == 31 and set(ids) == pending and len(ids) == 31  # the sticker: skipped
+    stored = {(str(r[0]), str(r[1]), r[2]) for r in rows}
+    # every stored message goes to the index actor, the sticker too (skipped, not analysed)
+    assert len(stored) == 32 and set(ids) == stored and len(ids) == 32
     assert {r["analysis_state"] for r in rows if r["message_id"] == "STICKER"} == {"skipped"}
     # 32 webhooks in a few flushes, not 32 broker messages; each carries ids across tenants
     assert len(messages) < 10
-    assert {(m.queue_name, m.actor_name) for m in messages} == {(QUEUE, ACTOR)}
+    assert {(m.queue_name, m.actor_name) for m in messages} == {(INDEX_QUEUE, INDEX_ACTOR)}
+    assert _queued(redis_url, QUEUE_KEY) == []  # analysis is the index actor's hand-over
 
 
 async def test_worker_analyses_and_the_api_shows_it(
@@ -157,9 +161,13 @@ async def test_worker_analyses_and_the_api_shows_it(
     assert skipped["state"] == "done" and skipped["analyzable"] is False
     assert skipped["sentiment"] is None
     row = await conn.fetchrow(
-        "SELECT vector_dims(embedding) AS dims, analyzed_at FROM messages WHERE message_id = 'P1'"
+        "SELECT vector_dims(s.embedding) AS dims, m.analyzed_at FROM messages AS m"
+        " JOIN message_search AS s USING (tenant_id, instance_id, message_id)"
+        " WHERE message_id = 'P1'"
     )
     assert row["dims"] == 384 and row["analyzed_at"] is not None
+    # the sticker has a search row too (nothing to find in it): nothing left for the reconciler
+    assert await conn.fetchval("SELECT count(*) FROM message_search") == 3
     # the conversation's rolling sentiment and satisfaction
     r = await deployment.get("/api/v1/chats", "acme")
     chat = r.json()["items"][0]
@@ -330,3 +338,137 @@ async def test_reconciler_pages_stale_rows_and_expires_very_old_ones(
         "SELECT analysis_state, analysis_error FROM messages WHERE message_id = 'S1'"
     )
     assert row["analysis_state"] == "failed" and "RECONCILE_MAX_AGE" in row["analysis_error"]
+
+
+async def test_index_actor_is_idempotent_and_hands_over_only_pending(
+    deployment: Deployment, app: Starlette, conn: asyncpg.Connection, database_url: str
+) -> None:
+    await deployment.post(upsert("acme-main", "X1", "Quero a segunda via do boleto"))
+    await deployment.post(upsert("acme-main", "X2", "Obrigado pela ajuda"))
+    keys = await conn.fetch("SELECT tenant_id, instance_id, message_id FROM messages")
+    args = [[str(k[0]), str(k[1]), k[2]] for k in keys]
+    await conn.execute("UPDATE messages SET analysis_state = 'done' WHERE message_id = 'X2'")
+    handed: list[list[str]] = []
+    store = Store(database_url).start()
+    try:
+        indexing = Indexing(store, lambda pending: handed.append([k[2] for k in pending]))
+        indexing.index(args)
+        first = await conn.fetch("SELECT * FROM message_search ORDER BY message_id")
+        indexing.index([*args, [args[0][0], args[0][1], "NO-SUCH-MESSAGE"]])
+        second = await conn.fetch("SELECT * FROM message_search ORDER BY message_id")
+    finally:
+        store.close()
+    assert handed == [["X1"], ["X1"]]  # X2 is analysed already; an unknown id is nothing
+    assert [dict(r) for r in first] == [dict(r) for r in second]  # untouched the second time
+    assert [r["message_id"] for r in first] == ["X1", "X2"]
+    assert "'bolet':6" in str(first[0]["tsv"])
+
+
+async def test_an_edit_reindexes_in_its_own_commit_whatever_the_order(
+    deployment: Deployment, app: Starlette, conn: asyncpg.Connection, database_url: str
+) -> None:
+    edit = {
+        "event": "messages.edited",
+        "instance": "acme-main",
+        "data": {
+            "key": {"remoteJid": "5511999999999@s.whatsapp.net", "fromMe": True, "id": "ED1"},
+            "type": "MESSAGE_EDIT",
+            "editedMessage": {"conversation": "texto corrigido"},
+            "timestampMs": "1700000100000",
+        },
+    }
+    # the edit first (a stub row), the message later, the index job last: the edit wins
+    assert (await deployment.post(edit)).status_code == 200
+    await deployment.post(upsert("acme-main", "ED1", "texto errado", key={"fromMe": True}))
+    row = await conn.fetchrow("SELECT tenant_id, instance_id, message_id FROM messages")
+    await conn.fetch(db.q("index_messages"), [row[0]], [row[1]], [row[2]])
+    tsv = await conn.fetchval("SELECT tsv::text FROM message_search")
+    assert "corrig" in tsv and "errad" not in tsv
+
+
+async def _updates(conn: asyncpg.Connection) -> tuple[int, int]:
+    """messages' (updates, HOT updates) so far, this backend's own counts included."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT 1")  # the flush happens as this transaction ends
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = await conn.fetchrow(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'messages'"
+    )
+    return row[0], row[1]
+
+
+async def test_the_analysis_update_is_hot_and_touches_no_index(
+    deployment: Deployment, app: Starlette, conn: asyncpg.Connection, local: LocalProvider
+) -> None:
+    for i in range(20):
+        await deployment.post(upsert("acme-main", f"H{i}", f"Adorei o produto {i}, obrigado"))
+    keys = await conn.fetch("SELECT tenant_id, instance_id, message_id FROM messages")
+    columns = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
+    await conn.fetch(db.q("index_messages"), *columns)
+    vector = "[" + ",".join(["0.05"] * 384) + "]"
+    before = await _updates(conn)
+    saved = 0
+    for i in range(0, 20, 4):  # as the worker writes: a few rows per transaction
+        batch = [c[i : i + 4] for c in columns]
+        saved += len(
+            await conn.fetch(
+                db.q("enrich_save"),
+                *batch,
+                ["done"] * 4,
+                [0.8] * 4,
+                ["alegria"] * 4,
+                [90] * 4,
+                [vector] * 4,
+            )
+        )
+    updated, hot = (a - b for a, b in zip(await _updates(conn), before, strict=True))
+    assert saved == 20 and updated == 20 and hot == 20  # in place: no index entry added
+    dims = await conn.fetchval(
+        "SELECT count(*) FROM message_search WHERE vector_dims(embedding) = 384"
+    )
+    assert dims == 20
+
+
+async def test_reconciler_walks_from_its_watermark_and_reindexes_what_was_never_indexed(
+    deployment: Deployment, app: Starlette, conn: asyncpg.Connection, database_url: str
+) -> None:
+    for i in range(12):
+        await deployment.post(upsert("acme-main", f"W{i}", "olá"))
+    await conn.execute(
+        "UPDATE messages SET content_at = now() - interval '10 minutes', analysis_state = 'done'"
+    )
+    keys = await conn.fetch("SELECT tenant_id, instance_id, message_id FROM messages ORDER BY seq")
+    # all indexed but W5 (its index job was lost): W0..W4 are done, W5 blocks the watermark
+    done = [k for k in keys if k[2] != "W5"]
+    await conn.fetch(
+        db.q("index_messages"), [k[0] for k in done], [k[1] for k in done], [k[2] for k in done]
+    )
+    store = Store(database_url).start()
+    sent: list[list[str]] = []
+    try:
+        reconciler = Reconciler(
+            store,
+            lambda keys: sent.append([k[2] for k in keys]),
+            age=60,
+            max_age=86_400,
+            interval=1,
+            batch_size=10,
+            page_size=4,  # several pages
+        )
+        first = reconciler.run_once()
+        mark = await conn.fetchrow("SELECT content_at, seq FROM sense_reconcile")
+        w4 = await conn.fetchrow("SELECT content_at, seq FROM messages WHERE message_id = 'W4'")
+        assert (mark["content_at"], mark["seq"]) == (w4["content_at"], w4["seq"])
+        # W5 gets indexed: the next round starts after W4 and moves past everything
+        w5 = [k for k in keys if k[2] == "W5"]
+        await conn.fetch(db.q("index_messages"), [w5[0][0]], [w5[0][1]], [w5[0][2]])
+        second = reconciler.run_once()
+        third = reconciler.run_once()
+    finally:
+        store.close()
+    assert first.enqueued == 1 and sent[0] == ["W5"] and first.scanned == 12
+    assert second.enqueued == 0 and second.scanned == 7  # W5..W11 only
+    assert third.scanned == 0  # nothing since the watermark
+    w11 = await conn.fetchrow("SELECT content_at, seq FROM messages WHERE message_id = 'W11'")
+    mark = await conn.fetchrow("SELECT content_at, seq FROM sense_reconcile")
+    assert (mark["content_at"], mark["seq"]) == (w11["content_at"], w11["seq"])

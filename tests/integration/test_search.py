@@ -67,12 +67,24 @@ async def store(d: Deployment, instance: str, message_id: str, text: str, **extr
     assert r.status_code == 200, r.text
 
 
+async def index_stored(conn: asyncpg.Connection) -> None:
+    """What the workers' index actor does for every stored message: its search row."""
+    rows = await conn.fetch("SELECT tenant_id, instance_id, message_id FROM messages")
+    await conn.fetch(
+        db.q("index_messages"),
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+    )
+
+
 async def embed_stored(conn: asyncpg.Connection) -> None:
-    """What the enrichment worker does: write each message's embedding."""
+    """What the workers do: index each message, then write its embedding."""
+    await index_stored(conn)
     rows = await conn.fetch("SELECT tenant_id, instance_id, message_id, text FROM messages")
     for r, vec in zip(rows, fake_embed([r["text"] or "" for r in rows]), strict=True):
         await conn.execute(
-            "UPDATE messages SET embedding = $4::text::vector"
+            "UPDATE message_search SET embedding = $4::text::vector"
             " WHERE tenant_id = $1 AND instance_id = $2 AND message_id = $3",
             r["tenant_id"],
             r["instance_id"],
@@ -87,11 +99,16 @@ async def ids(d: Deployment, tenant: str, q: str, mode: str = "text", **params: 
     return [hit["message"]["message_id"] for hit in r.json()["items"]]
 
 
-async def test_text_search_understands_portuguese(deployment: Deployment) -> None:
+async def test_text_search_understands_portuguese(
+    deployment: Deployment, conn: asyncpg.Connection
+) -> None:
     await store(deployment, "acme-main", "A1", "Adorei o atendimento de vocês!")
     await store(deployment, "acme-main", "A2", "Não recebi meu pedido ainda")
     await store(deployment, "acme-main", "A3", "Qual o horário de funcionamento?")
     await store(deployment, "globex-main", "G1", "atendimento péssimo, não recomendo")
+    # searchable once the index actor has written the search rows, not before
+    assert await ids(deployment, "acme", "atendimentos") == []
+    await index_stored(conn)
     # stemming: plural and verb forms; accents folded both ways
     assert await ids(deployment, "acme", "atendimentos") == ["A1"]
     assert await ids(deployment, "acme", "nao recebido") == ["A2"]
@@ -108,7 +125,9 @@ async def test_text_search_understands_portuguese(deployment: Deployment) -> Non
     assert hit["score"] > 0 and hit["message"]["instance"] == "acme-main"
 
 
-async def test_text_search_follows_edits_deletes_and_filters(deployment: Deployment) -> None:
+async def test_text_search_follows_edits_deletes_and_filters(
+    deployment: Deployment, conn: asyncpg.Connection
+) -> None:
     await store(deployment, "acme-main", "E1", "texto original", key={"fromMe": True})
     await store(deployment, "acme-main", "D1", "mensagem apagada sobre boleto")
     await store(
@@ -118,6 +137,8 @@ async def test_text_search_follows_edits_deletes_and_filters(deployment: Deploym
         "segunda via do boleto",
         remote="5511911112222@s.whatsapp.net",
     )
+    await index_stored(conn)
+    assert await ids(deployment, "acme", "original") == ["E1"]
     edit = {
         "event": "messages.edited",
         "instance": "acme-main",
@@ -135,6 +156,11 @@ async def test_text_search_follows_edits_deletes_and_filters(deployment: Deploym
     }
     for body in (edit, delete):
         assert (await deployment.post(body)).status_code == 200
+    # the edit re-indexed its message in the edit's own commit (no worker needed); indexing
+    # again (a late or repeated index job) keeps the edited text
+    assert await ids(deployment, "acme", "original") == []
+    assert sorted(await ids(deployment, "acme", "boleto")) == ["B1", "E1"]
+    await index_stored(conn)
     assert await ids(deployment, "acme", "original") == []
     assert sorted(await ids(deployment, "acme", "boleto")) == ["B1", "E1"]
     assert await ids(deployment, "acme", "boleto", chat="5511911112222@s.whatsapp.net") == ["B1"]
@@ -163,7 +189,7 @@ async def test_semantic_search_ranks_by_meaning_within_the_tenant(
     await store(deployment, "globex-main", "G1", "cancelar assinatura agora")
     await store(deployment, "acme-main", "NOEMB", "cancelar assinatura sem embedding ainda")
     await embed_stored(conn)
-    await conn.execute("UPDATE messages SET embedding = NULL WHERE message_id = 'NOEMB'")
+    await conn.execute("UPDATE message_search SET embedding = NULL WHERE message_id = 'NOEMB'")
     r = await deployment.get("/api/v1/search", "acme", q="cancelar a assinatura", mode="semantic")
     assert r.status_code == 200, r.text
     body = r.json()
@@ -178,10 +204,11 @@ async def test_semantic_search_ranks_by_meaning_within_the_tenant(
 
 
 async def test_semantic_search_without_a_worker_is_503_and_text_still_works(
-    app: Starlette, deployment: Deployment, redis_url: str
+    app: Starlette, deployment: Deployment, redis_url: str, conn: asyncpg.Connection
 ) -> None:
     app.state.query_embedder = search.QueryEmbedder(app.state.live.redis, timeout=0.3)
     await store(deployment, "acme-main", "T1", "preciso de ajuda com o boleto")
+    await index_stored(conn)
     started = time.monotonic()
     r = await deployment.get("/api/v1/search", "acme", q="boleto", mode="semantic")
     assert r.status_code == 503
@@ -275,11 +302,17 @@ async def _many_tenants(conn: asyncpg.Connection, sizes: list[int]) -> list[uuid
     await conn.execute("SELECT setseed(0.7)")
     await conn.execute(
         "INSERT INTO messages (tenant_id, instance_id, message_id, has_content, text,"
-        " message_ts, embedding) SELECT tenant_id, instance_id, message_id, has_content, text,"
-        " now(), embedding::vector + (SELECT array_agg((random() - 0.5) * 0.02)::vector"
+        " message_ts) SELECT tenant_id, instance_id, message_id, has_content, text, now()"
+        " FROM bulk"
+    )
+    await conn.execute(
+        "INSERT INTO message_search (tenant_id, instance_id, message_id, tsv, embedding)"
+        " SELECT tenant_id, instance_id, message_id, to_tsvector('sense_pt', text),"
+        " embedding::vector + (SELECT array_agg((random() - 0.5) * 0.02)::vector"
         " FROM generate_series(1, 384) WHERE bulk.message_id IS NOT NULL) FROM bulk"
     )
     await conn.execute("ANALYZE messages")
+    await conn.execute("ANALYZE message_search")
     return tenant_ids
 
 
@@ -298,7 +331,7 @@ async def test_search_plans_use_an_index_and_the_tenant_filter(conn: asyncpg.Con
         assert re.search(r"Index Cond: \(+tenant_id = ", plan), plan
     # a big tenant: the (tenant, lexemes) GIN index answers both conditions at once
     plan = await _plan(conn, "search_text", big, "boleto", None, None, 20)
-    assert "messages_search" in plan, plan
+    assert "message_search_text" in plan, plan
     vector = search.vector_literal(fake_embed(["boleto"])[0])
     for tenant_id in (small, big):
         plan = await _plan(conn, "search_semantic", tenant_id, vector, None, None, 20)
@@ -337,4 +370,4 @@ async def test_semantic_search_is_planned_for_each_tenant_not_from_the_cache(
             )
         finally:
             await conn.execute("DEALLOCATE nearest")
-    assert "messages_embedding" in plan, plan
+    assert "message_search_embedding" in plan, plan
