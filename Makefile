@@ -28,10 +28,11 @@ native: $(STAMP) ## (re)build the Rust extension into service/
 run: setup ## run everything on this machine (embedded Postgres + Redis, server, worker)
 	$(BIN)/sense run
 
-lint: setup ## ruff, mypy, cargo fmt and clippy
+lint: setup ## ruff, mypy (and the native module's stub against the built module), cargo fmt and clippy
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest service._native
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -q -- -D warnings
 

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service import admin, db  # noqa: E402
-from service.enqueue import QUEUE, message_args, redis_broker  # noqa: E402
+from service.contracts import QUEUE, message_args, redis_broker  # noqa: E402
 
 BODIES = (
     "gostaria de saber sobre o meu pedido",

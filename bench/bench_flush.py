@@ -31,9 +31,10 @@ import msgspec
 from bench import traffic
 from service import db, payloads
 from service.embedded import EmbeddedPostgres
-from service.events import Ops, build_ops
+from service.events import build_ops
 from service.ingest import Writer
 from service.resolve import Instance
+from service.rows import Ops
 
 RUN = Path(__file__).resolve().parent / ".run"
 

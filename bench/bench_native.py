@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from service import _native, jid_reference
+from service import _native
+from tests import jid_reference
 
 
 def realistic_jids(n: int, seed: int = 1) -> list[str | None]:

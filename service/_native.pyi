@@ -1,5 +1,16 @@
-"""Typed surface of the Rust extension (native/src). Same functions, same results, in
-service/jid_reference.py (pure Python, for differential tests)."""
+"""Typed surface of the Rust extension (native/src), checked against the built module by
+``make lint`` (mypy.stubtest). Same functions, same results, in tests/jid_reference.py (pure
+Python, for differential tests)."""
+
+__all__ = [
+    "jid_kind",
+    "normalize_jid",
+    "normalize_jids",
+    "phone_digits",
+    "phone_key",
+    "phone_variant",
+    "resolve_addresses",
+]
 
 def normalize_jid(jid: str | None) -> str | None: ...
 def normalize_jids(jids: list[str | None]) -> list[str | None]: ...

@@ -14,8 +14,9 @@ import msgspec
 
 from service import db, payloads
 from service.events import PayloadError, build_ops
-from service.ingest import Committed, write_ops
+from service.ingest import write_ops
 from service.resolve import Instance, digest
+from service.rows import Committed
 
 log = logging.getLogger("sense.admin")
 

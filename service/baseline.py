@@ -20,7 +20,7 @@ from service.resolve import Instance, digest
 from service.webhook import QUARANTINED, STORED, Answer, BodyTooLarge, Handler, Raw, failure
 
 if TYPE_CHECKING:
-    from service.app import Services
+    from service.state import Services
 
 
 async def null_ceiling(services: Services, raw: Raw, secret: str) -> Answer:

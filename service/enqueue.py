@@ -23,55 +23,21 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
-from service.ingest import Committed
+from service.contracts import INDEX_ACTOR, INDEX_QUEUE, Key, message_args, redis_broker
+from service.rows import Committed
 
 if TYPE_CHECKING:
-    from dramatiq.brokers.redis import RedisBroker
-
     from service.settings import Settings
 
 log = logging.getLogger("sense.enqueue")
-
-# The worker side declares its actors under these names (workers/actors.py).
-INDEX_QUEUE = "sense-index"
-INDEX_ACTOR = "index_messages"
-QUEUE = "sense-enrich"
-ACTOR = "analyze_messages"
-NAMESPACE = "dramatiq"
 
 MAX_BUFFERED = (
     200_000  # ids waiting while the broker is slow; past it, leave them to the reconciler
 )
 BACKOFF_START = 0.5  # seconds without trying after a failure, doubling up to BACKOFF_MAX
 BACKOFF_MAX = 10.0
-
-Key = tuple[uuid.UUID, uuid.UUID, str]
-
-
-def message_args(keys: list[Key]) -> list[list[str]]:
-    """The actor's one argument: ``[[tenant_id, instance_id, message_id], ...]`` (JSON)."""
-    return [[str(t), str(i), m] for t, i, m in keys]
-
-
-def redis_broker(url: str, timeout: float, middleware: list[Any] | None = None) -> RedisBroker:
-    """A Dramatiq Redis broker whose client fails fast (no client-side retries, short socket
-    timeouts): callers decide what a failure means."""
-    import redis
-    from dramatiq.brokers.redis import RedisBroker
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=30,
-    )
-    return RedisBroker(client=client, namespace=NAMESPACE, middleware=middleware or [])
 
 
 class Enqueuer:

@@ -11,14 +11,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from service import db
-from service.events import MessageOp, Ops, merge_message_ops
 from service.payloads import without_inline_media
+from service.rows import Committed, Ops, merge_messages, message_key
 
 log = logging.getLogger("sense.ingest")
 
@@ -43,36 +43,6 @@ class Fallback:
     instance_name: str
     event: str
     body: bytes
-
-
-@dataclass(slots=True)
-class Committed:
-    """What one transaction changed, for the post-commit hooks (enrichment, live stream).
-    ``messages``: the stored rows created or changed, as the commit left them (the columns of
-    the live stream's frames), so that no hook reads them back."""
-
-    created: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
-    instances: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
-    messages: list[asyncpg.Record] = field(default_factory=list)
-    rows: int = 0
-
-    def extend(self, other: Committed) -> None:
-        self.created.extend(other.created)
-        self.instances.extend(other.instances)
-        self.messages.extend(other.messages)
-        self.rows += other.rows
-
-
-def _message_key(op: MessageOp) -> tuple[uuid.UUID, uuid.UUID, str]:
-    return op.key
-
-
-def merge_messages(ops: list[MessageOp]) -> list[MessageOp]:
-    merged: dict[tuple[uuid.UUID, uuid.UUID, str], MessageOp] = {}
-    for op in ops:
-        current = merged.get(op.key)
-        merged[op.key] = op if current is None else merge_message_ops(current, op)
-    return list(merged.values())
 
 
 # @lid -> phone pairs this process has committed, so that a batch that teaches nothing new
@@ -140,7 +110,7 @@ async def write_ops(conn: asyncpg.Connection, ops: Ops, *, lids_known: bool = Fa
     # In key order: the flushers of other processes upsert overlapping keys (a receipt and its
     # message arrive together); locking rows in one global order cannot deadlock, where arrival
     # order did (each deadlock stalled both batches for deadlock_timeout, 1 s).
-    merged = sorted(merge_messages(ops.messages), key=_message_key) if ops.messages else []
+    merged = sorted(merge_messages(ops.messages), key=message_key) if ops.messages else []
     rows = await conn.fetch(
         db.q("ingest"),
         [] if lids_known else ops.lid_pairs,
@@ -389,6 +359,11 @@ class Batcher:
             return {"exc": Unavailable(exc.__class__.__name__)}
         log.error("event kept in quarantine: %s", reason)
         return {"result": "quarantined"}
+
+    def on_commit(self, *hooks: CommitHook) -> None:
+        """The post-commit hooks, run in this order after every commit (never awaited by the
+        requests: a slow hook cannot delay an answer)."""
+        self.hooks = list(hooks)
 
     def run_hooks(self, committed: Committed) -> None:
         for hook in self.hooks:

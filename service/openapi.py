@@ -13,16 +13,18 @@ from typing import Any
 
 import msgspec
 
-from service import admin, api, search
+from service import admin, search
 from service import payloads as p
+from service.events import EVENT_TABLE
+from service.resources import Chat, InstanceOut, Message, MessagePage
 
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _REF = "#/components/schemas/{name}"
 # Evolution's types live under their own prefix: several share a name with a resource type.
 _EVOLUTION_REF = "#/components/schemas/evolution.{name}"
 
-# Cursors as the API hands them out (api.encode_cursor, stream.encode_position), bounded so that
-# every value the pattern admits is one the handlers can decode; empty means "not given".
+# Cursors as the API hands them out (api.encode_cursor, live.frames.encode_position), bounded
+# so that every value the pattern admits is one the handlers can decode; empty means "not given".
 BEFORE_CURSOR = r"^([0-9]{1,16}\.[0-9]{1,18})?$"
 AFTER_CURSOR = r"^(c[0-9]{1,18}\.[0-9]{1,18})?$"
 # Not only whitespace, as Python's str.strip() sees it (it also strips \x1c-\x1f and \x85).
@@ -35,11 +37,11 @@ class Error(msgspec.Struct):
 
 
 class ItemsOfChats(msgspec.Struct):
-    items: list[api.Chat]
+    items: list[Chat]
 
 
 class ItemsOfInstances(msgspec.Struct):
-    items: list[api.InstanceOut]
+    items: list[InstanceOut]
 
 
 class Replayed(msgspec.Struct):
@@ -55,32 +57,15 @@ class Status(msgspec.Struct):
     status: str
 
 
-# Evolution event -> the type its `data` decodes into (service/events.py EVENTS); events not
-# listed are acknowledged whatever their data (ignored, or kept as received).
+# Evolution event -> the type its `data` is documented as, from the event table: events not
+# listed are acknowledged whatever their data (ignored, or kept as received). Groups are read
+# from the raw JSON (their shapes vary by version) and documented with their typed shape;
+# group-participants.update is kept as received.
 _EVENT_DATA: dict[str, Any] = {
-    "messages.upsert": p.Upserts,
-    "send.message": p.Upserts,
-    "messages.set": p.Upserts,
-    "messages.update": p.Updates,
-    "messages.delete": p.Deletes,
-    "messages.edited": p.Protocols,
-    "send.message.update": p.Protocols,
-    "connection.update": p.ConnectionUpdate,
-    "qrcode.updated": p.QrUpdate,
-    "contacts.upsert": p.Contacts,
-    "contacts.update": p.Contacts,
-    "contacts.set": p.Contacts,
-    "chats.upsert": p.Chats,
-    "chats.update": p.Chats,
-    "chats.set": p.Chats,
-    "chats.delete": p.Chats,
-    "groups.upsert": p.Groups,
-    "groups.update": p.Groups,
+    name: p.Groups if name.startswith("groups.") else kind
+    for name, (kind, _) in EVENT_TABLE.items()
+    if kind is not msgspec.Raw or name.startswith("groups.")
 }
-
-
-def _canonical(event: str) -> str:
-    return "".join(ch for ch in event.lower() if ch.isalnum())
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -146,8 +131,8 @@ def _envelope(data_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     resource_types = [
         Error,
-        api.Message,
-        api.MessagePage,
+        Message,
+        MessagePage,
         ItemsOfChats,
         ItemsOfInstances,
         search.Results,

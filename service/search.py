@@ -28,36 +28,28 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import api, db
+from service import db
+from service.contracts import (
+    EMBED_DIMENSIONS,
+    EMBED_QUEUE,
+    EMBED_QUEUE_TTL,
+    EmbedReply,
+    EmbedRequest,
+    reply_key,
+    vector_literal,
+)
 from service.http import JSON, error
+from service.requests import chat_forms, instance_filter, int_param, tenant_of, unauthorized
+from service.resources import Message, message_from_row
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from service.app import Services
+    from service.state import Services
 
 log = logging.getLogger("sense.search")
 
-# The query-embedding protocol, shared with workers/query_embed.py.
-EMBED_QUEUE = "sense:query-embed"
-EMBED_DIMENSIONS = 384
-EMBED_QUEUE_TTL = 60  # seconds: with no worker for this long, waiting requests just expire
 MAX_QUERY_CHARS = 500
-
-
-def reply_key(request_id: str) -> str:
-    return f"{EMBED_QUEUE}:reply:{request_id}"
-
-
-class EmbedRequest(msgspec.Struct):
-    id: str
-    text: str
-    deadline: float  # unix time; the worker skips requests nobody waits for any more
-
-
-class EmbedReply(msgspec.Struct):
-    vector: list[float] | None = None
-    error: str | None = None
 
 
 class EmbeddingUnavailable(Exception):
@@ -111,17 +103,13 @@ class QueryEmbedder:
 class Hit(msgspec.Struct):
     score: float
     highlight: str | None
-    message: api.Message
+    message: Message
 
 
 class Results(msgspec.Struct):
     mode: str
     query: str
     items: list[Hit]
-
-
-def vector_literal(vector: list[float]) -> str:
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
 
 
 def embedder(request: Request) -> QueryEmbedder:
@@ -136,9 +124,9 @@ def embedder(request: Request) -> QueryEmbedder:
 
 async def search(request: Request) -> Response:
     services: Services = request.app.state.services
-    tenant = api._tenant(request)
+    tenant = tenant_of(request)
     if tenant is None:
-        return api._unauthorized()
+        return unauthorized()
     params = request.query_params
     query = (params.get("q") or "").strip()
     mode = params.get("mode") or "text"
@@ -149,14 +137,14 @@ async def search(request: Request) -> Response:
     if len(query) > MAX_QUERY_CHARS:
         return error(400, "invalid_parameter", f"q is longer than {MAX_QUERY_CHARS} characters")
     try:
-        limit = api._int_param(request, "limit", 20, 1, 100)
+        limit = int_param(request, "limit", 20, 1, 100)
     except ValueError as exc:
         return error(400, "invalid_parameter", str(exc))
     try:
-        instance_id = api.instance_filter(request, tenant)
+        instance_id = instance_filter(request, tenant)
     except LookupError as exc:
         return error(404, "not_found", str(exc))
-    chat = api.chat_forms(params.get("chat") or None)  # any form of the chat JID (§7)
+    chat = chat_forms(params.get("chat") or None)  # any form of the chat JID (§7)
     if mode == "text":
         rows = await services.pool.fetch(
             db.q("search_text"), tenant.tenant_id, query, instance_id, chat, limit
@@ -176,7 +164,7 @@ async def search(request: Request) -> Response:
         scored = [(1.0 - float(r["distance"]), None, r) for r in rows]
     names = services.instance_names(tenant.tenant_id)
     items = [
-        Hit(round(score, 6), highlight, api.message_from_row(r, names.get(r["instance_id"], "?")))
+        Hit(round(score, 6), highlight, message_from_row(r, names.get(r["instance_id"], "?")))
         for score, highlight, r in scored
     ]
     return JSON(Results(mode, query, items))

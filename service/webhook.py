@@ -26,7 +26,7 @@ from service.events import PayloadError, build_ops, canonical_event
 from service.ingest import Fallback, Overloaded, Unavailable
 
 if TYPE_CHECKING:
-    from service.app import Services
+    from service.state import Services
 
 log = logging.getLogger("sense.webhook")
 

@@ -37,7 +37,7 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
-from service.enqueue import ACTOR, INDEX_ACTOR, INDEX_QUEUE, QUEUE
+from service.contracts import ACTOR, INDEX_ACTOR, INDEX_QUEUE, QUEUE
 from workers.provider import BadAnswer, Provider, Unavailable
 from workers.store import Key, Result, Row, Saved, parse_keys
 

@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from service.enqueue import INDEX_QUEUE, QUEUE, message_args, redis_broker
+from service.contracts import INDEX_QUEUE, QUEUE, message_args, publish_analyzed, redis_broker
 from workers.store import Key
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ BROKER_SOCKET_TIMEOUT = 5.0
 
 
 class Frames:
-    """``message.analyzed`` frames to the live stream (service/stream.py), best effort."""
+    """``message.analyzed`` frames to the live stream, best effort (the wire format is in
+    service/contracts.py)."""
 
     def __init__(self, redis_url: str) -> None:
         import redis
@@ -45,8 +46,6 @@ class Frames:
         self.client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
 
     def publish(self, tenant_id: uuid.UUID, items: list[dict[str, Any]]) -> None:
-        from service.stream import publish_analyzed
-
         publish_analyzed(self.client, tenant_id, items)
 
     def close(self) -> None:

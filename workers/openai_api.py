@@ -27,7 +27,7 @@ import msgspec
 
 from workers.circuit import CircuitBreaker, CircuitOpen
 from workers.embedding import DIMENSIONS
-from workers.provider import BadAnswer, Unavailable
+from workers.errors import BadAnswer, Unavailable
 from workers.sentiment import EMOTIONS, TextAnalysis, fold
 
 if TYPE_CHECKING:

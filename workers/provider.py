@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from workers.errors import AnalyzerError, BadAnswer, Unavailable
 from workers.sentiment import EMOTIONS, TextAnalysis
 
 if TYPE_CHECKING:
@@ -26,21 +27,6 @@ __all__ = [
     "Unavailable",
     "build_provider",
 ]
-
-
-class AnalyzerError(Exception):
-    """The provider could not analyse this batch."""
-
-
-class Unavailable(AnalyzerError):
-    """The provider cannot be used right now (unreachable, overloaded, timing out, circuit
-    open). Not the messages' fault: when retries run out their rows stay pending, and the
-    reconciler tries again later."""
-
-
-class BadAnswer(AnalyzerError):
-    """The provider answered, but with something unusable (not JSON, missing items, values out
-    of range, wrong embedding size). Retried; when retries run out the rows are failed."""
 
 
 class Provider(Protocol):

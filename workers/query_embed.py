@@ -22,7 +22,7 @@ from collections.abc import Callable
 import msgspec
 import redis
 
-from service.search import EMBED_QUEUE, EmbedReply, EmbedRequest, reply_key
+from service.contracts import EMBED_QUEUE, EmbedReply, EmbedRequest, reply_key
 
 log = logging.getLogger("sense.query_embed")
 

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import asyncpg
 
 from service import db
+from service.contracts import Key, vector_literal
 
 T = TypeVar("T")
 
-Key = tuple[uuid.UUID, uuid.UUID, str]
 Position = tuple[datetime, int]  # (content_at, seq): a place in the order messages arrived
 
 RECONCILE_LOCK = 0x53454E5345 + 4  # advisory lock key: one reconciler at a time (db.py has +0)
@@ -69,10 +69,6 @@ def parse_keys(raw: Iterable[Iterable[Any]]) -> list[Key]:
         tenant_id, instance_id, message_id = item
         out.append((uuid.UUID(str(tenant_id)), uuid.UUID(str(instance_id)), str(message_id)))
     return out
-
-
-def vector_literal(vector: list[float]) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in vector) + "]"
 
 
 def _columns(keys: list[Key]) -> tuple[list[uuid.UUID], list[uuid.UUID], list[str]]:

@@ -1,4 +1,4 @@
-//! Thin PyO3 shims: convert types, call `jid`, convert back.
+//! Thin `PyO3` shims: convert types, call `jid`, convert back.
 
 use std::borrow::Cow;
 

@@ -1,4 +1,4 @@
-//! WhatsApp JIDs as Evolution / Baileys deliver them (webhook doc §7): canonical form, kind,
+//! `WhatsApp` JIDs as Evolution / Baileys deliver them (webhook doc §7): canonical form, kind,
 //! phone digits, the equivalence key of one person's numbers and the other form of a number,
 //! and the robust chat/sender rule.
 
@@ -593,7 +593,7 @@ mod tests {
             "Ⅻ@c.us",
             "İ@lid",
         ];
-        for s in odd.iter() {
+        for s in &odd {
             let c = normalize_jid(s);
             if let Some(c) = &c {
                 assert_eq!(normalize_jid(c).as_deref(), Some(c.as_str()), "{s:?}");

@@ -1,5 +1,6 @@
--- Named queries of the live stream and search (service/stream.py, service/search.py). Message
--- rows carry the columns of api.message_from_row (never the embedding) and their commit position.
+-- Named queries of the live stream, its catch-up and search (service/live/, service/api.py,
+-- service/search.py). Message rows carry the columns of resources.message_from_row and their
+-- commit position.
 
 -- name: stream_instances
 SELECT i.tenant_id, i.instance_id, i.name, i.state, i.state_reason, i.owner_jid, i.profile_name,

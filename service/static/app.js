@@ -1,5 +1,5 @@
 // sense dashboard: plain JS, no build step. Talks to the read API and WS /api/v1/stream
-// (frames documented in service/stream.py and the README's "Live stream" section).
+// (frames documented in service/live/__init__.py and the README's "Live stream" section).
 "use strict";
 
 const $ = (id) => document.getElementById(id);

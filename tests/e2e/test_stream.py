@@ -20,8 +20,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from service import stream
 from service.embedded import EmbeddedRedis
+from service.live import frames
 from tests.conftest import DATA_TABLES
 from tests.e2e.conftest import ADMIN, Server, start_server, start_worker, stop
 from tests.integration.conftest import status_update, upsert
@@ -362,7 +362,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_never_stalls_the_other
             if (await next_frame(slow))["type"] == "message.created":
                 got += 1
     assert got < len(posted)
-    assert closed.value.rcvd is None or closed.value.rcvd.code == stream.CLOSE_SLOW
+    assert closed.value.rcvd is None or closed.value.rcvd.code == frames.CLOSE_SLOW
     assert "dropped: too slow" in live.server.log.read_text()
     await fast.close()
 

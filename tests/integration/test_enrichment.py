@@ -19,8 +19,8 @@ import redis
 from starlette.applications import Starlette
 
 from service import db
+from service.contracts import INDEX_ACTOR, INDEX_QUEUE, NAMESPACE, QUEUE
 from service.embedded import EmbeddedRedis
-from service.enqueue import INDEX_ACTOR, INDEX_QUEUE, NAMESPACE, QUEUE
 from service.settings import Settings, load_settings
 from tests.integration.conftest import ADMIN, Deployment, upsert
 from tests.unit.test_actors import Flaky

@@ -18,11 +18,11 @@ import asyncpg
 import pytest
 from starlette.applications import Starlette
 
-from service import db, search
+from service import contracts, db, search
 from tests.integration.conftest import Deployment, running_app, upsert
 from workers.query_embed import serve_query_embeddings
 
-DIMS = search.EMBED_DIMENSIONS
+DIMS = contracts.EMBED_DIMENSIONS
 
 
 def fake_embed(texts: list[str]) -> list[list[float]]:
@@ -89,7 +89,7 @@ async def embed_stored(conn: asyncpg.Connection) -> None:
             r["tenant_id"],
             r["instance_id"],
             r["message_id"],
-            search.vector_literal(vec),
+            contracts.vector_literal(vec),
         )
 
 
@@ -222,9 +222,9 @@ async def test_semantic_search_without_a_worker_is_503_and_text_still_works(
 
     client = redis.Redis.from_url(redis_url)
     try:
-        assert 0 < client.ttl(search.EMBED_QUEUE) <= search.EMBED_QUEUE_TTL
+        assert 0 < client.ttl(contracts.EMBED_QUEUE) <= contracts.EMBED_QUEUE_TTL
     finally:
-        client.delete(search.EMBED_QUEUE)
+        client.delete(contracts.EMBED_QUEUE)
         client.close()
 
 
@@ -233,7 +233,7 @@ def test_worker_loop_batches_skips_expired_and_survives_embed_errors(redis_url: 
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    client.delete(search.EMBED_QUEUE)
+    client.delete(contracts.EMBED_QUEUE)
     calls: list[list[str]] = []
 
     def embed(texts: list[str]) -> list[list[float]]:
@@ -244,30 +244,31 @@ def test_worker_loop_batches_skips_expired_and_survives_embed_errors(redis_url: 
 
     now = time.time()
     requests = [
-        search.EmbedRequest("r1", "um", now + 30),
-        search.EmbedRequest("r2", "dois", now + 30),
-        search.EmbedRequest("old", "velho", now - 1),
+        contracts.EmbedRequest("r1", "um", now + 30),
+        contracts.EmbedRequest("r2", "dois", now + 30),
+        contracts.EmbedRequest("old", "velho", now - 1),
     ]
     for req in requests:
-        client.rpush(search.EMBED_QUEUE, msgspec.json.encode(req))
-    client.rpush(search.EMBED_QUEUE, b"not json")
+        client.rpush(contracts.EMBED_QUEUE, msgspec.json.encode(req))
+    client.rpush(contracts.EMBED_QUEUE, b"not json")
     stop = threading.Event()
     thread = threading.Thread(target=serve_query_embeddings, args=(redis_url, embed, stop))
     thread.start()
     try:
         for rid in ("r1", "r2"):
-            got = client.blpop([search.reply_key(rid)], timeout=5)
+            got = client.blpop([contracts.reply_key(rid)], timeout=5)
             assert got is not None
-            reply = msgspec.json.decode(got[1], type=search.EmbedReply)
+            reply = msgspec.json.decode(got[1], type=contracts.EmbedReply)
             assert reply.vector is not None and len(reply.vector) == DIMS
         assert calls == [["um", "dois"]]  # one batch; the expired one was skipped
-        assert client.exists(search.reply_key("old")) == 0
+        assert client.exists(contracts.reply_key("old")) == 0
         client.rpush(
-            search.EMBED_QUEUE, msgspec.json.encode(search.EmbedRequest("b", "boom", now + 30))
+            contracts.EMBED_QUEUE,
+            msgspec.json.encode(contracts.EmbedRequest("b", "boom", now + 30)),
         )
-        got = client.blpop([search.reply_key("b")], timeout=5)
+        got = client.blpop([contracts.reply_key("b")], timeout=5)
         assert got is not None
-        assert "model exploded" in msgspec.json.decode(got[1], type=search.EmbedReply).error
+        assert "model exploded" in msgspec.json.decode(got[1], type=contracts.EmbedReply).error
         assert thread.is_alive()
     finally:
         stop.set()
@@ -282,7 +283,7 @@ def test_worker_loop_batches_skips_expired_and_survives_embed_errors(redis_url: 
 async def _many_tenants(conn: asyncpg.Connection, sizes: list[int]) -> list[uuid.UUID]:
     """Bulk rows straight into messages (the plan, not the ingest path, is under test)."""
     words = ["boleto", "entrega", "pedido", "atraso", "cancelar", "ajuda", "pagamento", "troca"]
-    vectors = [search.vector_literal(v) for v in fake_embed(words)]
+    vectors = [contracts.vector_literal(v) for v in fake_embed(words)]
     records = []
     tenant_ids = [uuid.uuid4() for _ in sizes]
     for t, (tenant_id, size) in enumerate(zip(tenant_ids, sizes, strict=True)):
@@ -332,7 +333,7 @@ async def test_search_plans_use_an_index_and_the_tenant_filter(conn: asyncpg.Con
     # a big tenant: the (tenant, lexemes) GIN index answers both conditions at once
     plan = await _plan(conn, "search_text", big, "boleto", None, None, 20)
     assert "message_search_text" in plan, plan
-    vector = search.vector_literal(fake_embed(["boleto"])[0])
+    vector = contracts.vector_literal(fake_embed(["boleto"])[0])
     for tenant_id in (small, big):
         plan = await _plan(conn, "search_semantic", tenant_id, vector, None, None, 20)
         print(plan)
@@ -354,7 +355,7 @@ async def test_semantic_search_is_planned_for_each_tenant_not_from_the_cache(
     # big tenant's every row; the search settings make each search plan for its own tenant.
     *tenants, big = await _many_tenants(conn, [10] * 300 + [300] * 10 + [8000])
     mids = tenants[-10:]
-    vector = search.vector_literal(fake_embed(["boleto"])[0])
+    vector = contracts.vector_literal(fake_embed(["boleto"])[0])
     statement = db.q("search_semantic").replace("$2::text::vector", "$2::vector")
     async with conn.transaction():
         await conn.execute(db.q("search_semantic_settings"))

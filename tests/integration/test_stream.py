@@ -15,7 +15,8 @@ import pytest
 import redis
 from starlette.applications import Starlette
 
-from service import stream
+from service import contracts
+from service.live import frames, hub, publisher
 from tests.integration.conftest import Deployment, running_app, upsert
 
 WAIT = 10.0
@@ -98,8 +99,8 @@ class Socket:
 async def test_a_stalled_client_is_closed_1013_while_a_fast_one_gets_everything(
     app: Starlette, deployment: Deployment
 ) -> None:
-    live: stream.Live = app.state.live
-    live.buffer_frames = 4  # per client; the default is stream.BUFFER_FRAMES
+    live: hub.Live = app.state.live
+    live.buffer_frames = 4  # per client; the default is frames.BUFFER_FRAMES
     slow = await Socket(app, deployment.tokens["acme"], allow=1).open()
     fast = await Socket(app, deployment.tokens["acme"]).open()
     other = await Socket(app, deployment.tokens["globex"]).open()
@@ -110,7 +111,7 @@ async def test_a_stalled_client_is_closed_1013_while_a_fast_one_gets_everything(
     await fast.wait_for(lambda: len(fast.created()) == len(posted))
     assert fast.created() == posted
     await slow.wait_for(lambda: slow.closed is not None)
-    assert slow.closed == stream.CLOSE_SLOW
+    assert slow.closed == frames.CLOSE_SLOW
     assert slow.task is not None
     await asyncio.wait_for(slow.task, WAIT)  # the endpoint let go of it
     slow.resume()
@@ -140,7 +141,7 @@ async def test_analyses_published_for_another_tenants_instance_never_cross(
     client = redis.Redis.from_url(redis_url)
     try:
         # a worker bug publishing globex's analysis on acme's channel: acme must not see it
-        stream.publish_analyzed(
+        contracts.publish_analyzed(
             client,
             acme_tenant,
             [
@@ -178,11 +179,11 @@ async def test_analyses_published_for_another_tenants_instance_never_cross(
 
 
 def test_cursor_round_trip_and_rejects() -> None:
-    assert stream.decode_position(stream.encode_position(812, 42)) == (812, 42)
+    assert frames.decode_position(frames.encode_position(812, 42)) == (812, 42)
     for bad in ("", "c", "c12", "x1.2", "c-1.2", "c1.x", "1700000000.5"):
         with pytest.raises(ValueError):
-            stream.decode_position(bad)
-    assert stream.channel(uuid.UUID(int=1)).startswith(stream.CHANNEL_PREFIX)
+            frames.decode_position(bad)
+    assert contracts.channel(uuid.UUID(int=1)).startswith(contracts.CHANNEL_PREFIX)
 
 
 async def test_frames_are_built_only_for_tenants_someone_listens_to(
@@ -192,14 +193,14 @@ async def test_frames_are_built_only_for_tenants_someone_listens_to(
     client in any process) and builds and publishes nothing for the others."""
     import redis.asyncio as aioredis
 
-    from service.ingest import Committed
+    from service.rows import Committed
 
     live = app.state.live
     quiet, listened = uuid.uuid4(), uuid.uuid4()
     client = aioredis.Redis.from_url(redis_url)
     pubsub = client.pubsub()
     try:
-        await pubsub.subscribe(stream.channel(listened))
+        await pubsub.subscribe(contracts.channel(listened))
         assert await live._listened_redis({quiet, listened}) == {listened}
 
         sent: list[Any] = []
@@ -221,10 +222,10 @@ async def test_frames_are_built_only_for_tenants_someone_listens_to(
             }  # fmt: skip
             return Committed(created=[(tenant_id, instance_id, "M1")], messages=[row])
 
-        publisher = stream.Publisher(live.pool, live.registry, sink, live._listened_redis)
-        await publisher.publish([committed(quiet)])
+        frames_of = publisher.Publisher(live.pool, live.registry, sink, live._listened_redis)
+        await frames_of.publish([committed(quiet)])
         assert sent == []
-        await publisher.publish([committed(quiet), committed(listened)])
+        await frames_of.publish([committed(quiet), committed(listened)])
         assert [tenant_id for tenant_id, _ in sent] == [listened]
     finally:
         await pubsub.aclose()

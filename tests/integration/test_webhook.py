@@ -459,8 +459,8 @@ async def test_replay_of_several_events_for_one_message(conn: asyncpg.Connection
 async def test_one_batch_merges_contacts_and_chats_like_consecutive_upserts(
     conn: asyncpg.Connection,
 ) -> None:
-    from service.events import Ops
     from service.ingest import write_ops
+    from service.rows import Ops
 
     t, i = uuid.uuid4(), uuid.uuid4()
     jid = "5511987654321@s.whatsapp.net"
@@ -601,8 +601,9 @@ async def test_one_person_in_two_number_forms_is_one_conversation(
 async def _write(conn: asyncpg.Connection, *bodies: dict[str, Any], instance: Any) -> None:
     """The bodies' rows in one transaction, as one group-commit batch writes them."""
     from service import payloads
-    from service.events import Ops, build_ops
+    from service.events import build_ops
     from service.ingest import write_ops
+    from service.rows import Ops
 
     ops = Ops()
     for body in bodies:

@@ -15,7 +15,7 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from service.enqueue import ACTOR, QUEUE, message_args
+from service.contracts import ACTOR, QUEUE, message_args
 from service.settings import Settings, load_settings
 from workers.actors import Enrichment, declare, middleware
 from workers.provider import BadAnswer, LocalProvider, Unavailable

@@ -10,16 +10,13 @@ import pytest
 
 from service import payloads as p
 from service.events import (
-    MESSAGE_COLUMNS,
-    STATUS_RANK,
     UNTIMED_EDIT,
     Built,
-    MessageOp,
     build_ops,
-    merge_message_ops,
     status_rank,
 )
 from service.resolve import Instance
+from service.rows import MESSAGE_COLUMNS, STATUS_RANK, MessageOp, merge_message_ops
 
 INST = Instance(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), "acme-main", None)
 PHONE = "5511987654321@s.whatsapp.net"

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import _native, jid_reference
+from service import _native
+from tests import jid_reference
 
 IMPLEMENTATIONS = [pytest.param(_native, id="rust"), pytest.param(jid_reference, id="python")]
 

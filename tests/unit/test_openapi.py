@@ -6,12 +6,12 @@ import re
 
 from starlette.routing import Route, WebSocketRoute
 
-from service import app, openapi, search, stream, webhook
+from service import app, openapi, webhook
 
 
 def served_paths() -> set[tuple[str, str]]:
     out = {("post", path) for path in webhook.PATHS}  # served raw, before Starlette's routing
-    for route in app.routes() + search.routes() + stream.routes():
+    for route in app.routes():
         if not isinstance(route, Route | WebSocketRoute):  # Mount: the dashboard's static files
             continue
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
@@ -37,11 +37,11 @@ def test_every_event_with_typed_data_is_described() -> None:
     """Events whose data the code validates have their data schema; none that it does not know."""
     import msgspec
 
-    from service.events import EVENTS
+    from service.events import EVENTS, canonical_event
 
-    documented = {openapi._canonical(e) for e in openapi._EVENT_DATA}
+    documented = {canonical_event(e) for e in openapi._EVENT_DATA}
     validated = {event for event, (kind, _) in EVENTS.items() if kind is not msgspec.Raw}
     assert validated <= documented <= set(EVENTS)
     for event, kind in openapi._EVENT_DATA.items():
-        if EVENTS[openapi._canonical(event)][0] is not msgspec.Raw:
-            assert EVENTS[openapi._canonical(event)][0] == kind, event
+        if EVENTS[canonical_event(event)][0] is not msgspec.Raw:
+            assert EVENTS[canonical_event(event)][0] == kind, event

@@ -1,0 +1,80 @@
+"""What every tenant route does first: the tenant from its bearer token, integer and instance
+parameters, the forms of a chat JID. Shared by the read API, search and the live stream."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service._native import normalize_jid, phone_variant
+from service.http import error
+from service.resolve import Tenant
+
+if TYPE_CHECKING:
+    from service.state import Services
+
+
+def tenant_of(request: Request) -> Tenant | None:
+    services: Services = request.app.state.services
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return services.registry.tenant_for_token(token.strip())
+
+
+def unauthorized() -> Response:
+    return error(
+        401,
+        "unauthorized",
+        "a tenant token is required (Authorization: Bearer <token>)",
+        {"WWW-Authenticate": "Bearer"},
+    )
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}")
+    return value
+
+
+def instance_filter(request: Request, tenant: Tenant) -> uuid.UUID | None:
+    """The ``instance=`` query parameter as this tenant's instance id (None when absent);
+    LookupError naming it when the tenant has no such instance (answer 404)."""
+    name = request.query_params.get("instance")
+    if not name:
+        return None
+    services: Services = request.app.state.services
+    inst = services.registry.tenant_instance(tenant.tenant_id, name)
+    if inst is None:
+        raise LookupError(f"no instance {name!r}")
+    return inst.instance_id
+
+
+def chat_forms(chat: str | None) -> list[str] | None:
+    """Every JID one conversation may be filed as: ``@c.us`` or a device suffix name the same
+    chat, and a number with a second form (BR 9th digit, MX 1, AR 9) is one person (§7)."""
+    if chat is None:
+        return None
+    canonical = normalize_jid(chat)
+    if canonical is None:
+        return [chat]  # no JID: matches what it literally names, i.e. nothing filed
+    variant = phone_variant(canonical)
+    return [canonical] if variant is None else [canonical, variant]
+
+
+def parse_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

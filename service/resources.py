@@ -1,0 +1,147 @@
+"""The resources the read API, the live stream and search answer with (design.md, "The message
+resource"), and how a stored row becomes one. No I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from service.rows import STATUS_NAME
+
+
+class Reaction(msgspec.Struct):
+    by: str
+    emoji: str
+
+
+class Analysis(msgspec.Struct):
+    state: str  # pending | done | failed
+    sentiment: float | None = None
+    emotion: str | None = None
+    satisfaction: int | None = None
+    analyzable: bool = True
+    error: str | None = None
+
+
+class Message(msgspec.Struct):
+    """The message resource of design.md."""
+
+    instance: str
+    message_id: str
+    chat_jid: str | None
+    chat_type: str | None
+    sender_jid: str | None
+    sender_phone: str | None
+    from_me: bool
+    push_name: str | None
+    type: str
+    text: str | None
+    status: str | None
+    edited: bool
+    deleted: bool
+    reactions: list[Reaction]
+    quoted_message_id: str | None
+    timestamp: str | None
+    analysis: Analysis
+
+
+class MessagePage(msgspec.Struct):
+    items: list[Message]
+    next: str | None
+
+
+class Chat(msgspec.Struct):
+    instance: str
+    chat_jid: str
+    chat_type: str
+    name: str | None
+    unread: int | None
+    last_message_at: str | None
+    last_message: Message | None
+    sentiment: float | None = None
+    satisfaction: float | None = None
+    analyzed_messages: int = 0
+
+
+class QrCode(msgspec.Struct):
+    code: str | None
+    base64: str | None
+    pairing_code: str | None
+    updated_at: str | None
+
+
+class InstanceOut(msgspec.Struct):
+    name: str
+    state: str | None
+    state_reason: int | None
+    owner_jid: str | None
+    profile_name: str | None
+    state_updated_at: str | None
+    qrcode: QrCode | None
+
+
+def iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _reactions(raw: Any) -> list[Reaction]:
+    data = msgspec.json.decode(raw) if isinstance(raw, str | bytes) else (raw or {})
+    items = sorted(data.items(), key=lambda kv: (kv[1].get("ts") or 0, kv[0]))
+    return [Reaction(by, r["emoji"]) for by, r in items if r.get("emoji")]
+
+
+def rounded_sentiment(value: float | None) -> float | None:
+    """Four decimals: the column is a real (0.636 reads back as 0.6359999775886536), and the
+    live frame and the resource must say the same."""
+    return None if value is None else round(value, 4)
+
+
+def message_from_row(r: Any, instance_name: str) -> Message:
+    state = r["analysis_state"]
+    analysis = Analysis(
+        state="done" if state == "skipped" else state,
+        sentiment=rounded_sentiment(r["sentiment"]),
+        emotion=r["emotion"],
+        satisfaction=r["satisfaction"],
+        analyzable=state != "skipped",
+        error=r["analysis_error"],
+    )
+    edited_text = r["edited_text"]
+    return Message(
+        instance=instance_name,
+        message_id=r["message_id"],
+        chat_jid=r["chat_jid"],
+        chat_type=r["chat_type"],
+        sender_jid=r["sender_jid"],
+        sender_phone=r["sender_phone"],
+        from_me=bool(r["from_me"]),
+        push_name=r["push_name"],
+        type=r["type"] or "other",
+        text=edited_text if edited_text is not None else r["text"],
+        status=STATUS_NAME.get(r["status"]) if r["status"] is not None else None,
+        edited=r["edit_ts"] is not None,
+        deleted=r["deleted"],
+        reactions=_reactions(r["reactions"]),
+        quoted_message_id=r["quoted_message_id"],
+        timestamp=iso(r["message_ts"]),
+        analysis=analysis,
+    )
+
+
+def instance_from_row(r: Any) -> InstanceOut:
+    qr = None
+    if r["qr_code"] or r["qr_base64"] or r["pairing_code"]:
+        qr = QrCode(r["qr_code"], r["qr_base64"], r["pairing_code"], iso(r["qr_at"]))
+    return InstanceOut(
+        name=r["name"],
+        state=r["state"],
+        state_reason=r["state_reason"],
+        owner_jid=r["owner_jid"],
+        profile_name=r["profile_name"],
+        state_updated_at=iso(r["state_at"]),
+        qrcode=qr,
+    )
