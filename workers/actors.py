@@ -198,6 +198,22 @@ def middleware(
     ]
 
 
+def _actor(
+    broker: dramatiq.Broker, actor_name: str, queue_name: str, settings: Settings
+) -> Callable[[Callable[[list[list[str]]], None]], dramatiq.Actor[Any, Any]]:
+    """The decorator both actors are declared with: retries and time limit
+    (``SENSE_ENRICH_*``)."""
+    return dramatiq.actor(
+        broker=broker,
+        actor_name=actor_name,
+        queue_name=queue_name,
+        max_retries=settings.enrich_max_retries,
+        min_backoff=int(settings.enrich_min_backoff_seconds * 1000),
+        max_backoff=int(settings.enrich_max_backoff_seconds * 1000),
+        time_limit=int(settings.enrich_time_limit_seconds * 1000),
+    )
+
+
 def declare(
     broker: dramatiq.Broker, enrichment: Enrichment, settings: Settings
 ) -> dramatiq.Actor[Any, Any]:
@@ -207,16 +223,7 @@ def declare(
     def analyze_messages(keys: list[list[str]]) -> None:
         enrichment.analyze(keys)
 
-    decorate = dramatiq.actor(
-        broker=broker,
-        actor_name=ACTOR,
-        queue_name=QUEUE,
-        max_retries=settings.enrich_max_retries,
-        min_backoff=int(settings.enrich_min_backoff_seconds * 1000),
-        max_backoff=int(settings.enrich_max_backoff_seconds * 1000),
-        time_limit=int(settings.enrich_time_limit_seconds * 1000),
-    )
-    return decorate(analyze_messages)
+    return _actor(broker, ACTOR, QUEUE, settings)(analyze_messages)
 
 
 def declare_index(
@@ -228,13 +235,4 @@ def declare_index(
     def index_messages(keys: list[list[str]]) -> None:
         indexing.index(keys)
 
-    decorate = dramatiq.actor(
-        broker=broker,
-        actor_name=INDEX_ACTOR,
-        queue_name=INDEX_QUEUE,
-        max_retries=settings.enrich_max_retries,
-        min_backoff=int(settings.enrich_min_backoff_seconds * 1000),
-        max_backoff=int(settings.enrich_max_backoff_seconds * 1000),
-        time_limit=int(settings.enrich_time_limit_seconds * 1000),
-    )
-    return decorate(index_messages)
+    return _actor(broker, INDEX_ACTOR, INDEX_QUEUE, settings)(index_messages)
