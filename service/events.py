@@ -43,6 +43,15 @@ class PayloadError(ValueError):
     """The body is not a usable Evolution webhook (answered 400)."""
 
 
+class OverLimit(PayloadError):
+    """A value is past a limit the storage can keep and read back (answered 422, the limit
+    named). WhatsApp's own ids and Evolution's instance names are far below them."""
+
+
+MAX_ID_CHARS = 255  # message ids (key.id): WhatsApp's are 16-40 characters
+MAX_NAME_CHARS = 255  # instance names, as they are keyed in the registry and quarantine
+
+
 def status_rank(value: str | int | None) -> int | None:
     if value is None or isinstance(value, bool):
         return None
@@ -50,6 +59,8 @@ def status_rank(value: str | int | None) -> int | None:
         text = value.strip().upper()
         if not text.isdigit():
             return STATUS_RANK.get(text)
+        if len(text) > 2:
+            return None  # no status has a number that long (and int() of 5000 digits raises)
         value = int(text)  # an enum number that went through a string
     if 0 <= value < len(_STATUS_BY_NUMBER):
         return STATUS_RANK[_STATUS_BY_NUMBER[value]]
@@ -110,6 +121,8 @@ class EventBuilder:
         return chat_jid, chat_type, sender_jid, sender_phone
 
     def _op(self, message_id: str) -> MessageOp:
+        if len(message_id) > MAX_ID_CHARS:
+            raise OverLimit(f"message id longer than {MAX_ID_CHARS} characters")
         op = MessageOp(self.inst.tenant_id, self.inst.instance_id, _clean(message_id) or "")
         self.ops.messages.append(op)
         return op
@@ -483,6 +496,8 @@ def build_ops(envelope: p.Envelope, instance: Instance, received_ms: int | None 
         raise PayloadError(_at_data(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise PayloadError(f"data: {exc}") from None
+    except RecursionError:
+        raise PayloadError("data: nested too deeply") from None
     return Built(builder.ops, "stored")
 
 

@@ -22,7 +22,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from service import payloads
-from service.events import PayloadError, build_ops, canonical_event
+from service.events import MAX_NAME_CHARS, OverLimit, PayloadError, build_ops, canonical_event
 from service.ingest import Fallback, Overloaded, Unavailable
 
 if TYPE_CHECKING:
@@ -183,6 +183,13 @@ async def _receive(
         return failure(400, "invalid_envelope", detail), "unknown", "rejected"
     except msgspec.DecodeError as exc:
         return failure(400, "invalid_json", f"body is not JSON: {exc}"), "unknown", "rejected"
+    except UnicodeDecodeError:
+        return failure(400, "invalid_json", "body is not UTF-8"), "unknown", "rejected"
+    except RecursionError:
+        return failure(400, "invalid_json", "body nested too deeply"), "unknown", "rejected"
+    if len(envelope.instance) > MAX_NAME_CHARS:
+        detail = f"instance name longer than {MAX_NAME_CHARS} characters"
+        return failure(422, "over_limit", detail), "unknown", "rejected"
     # Postgres text cannot hold NUL: the names go into quarantine/event rows as text (an
     # instance name with NUL can never be registered, so nothing is lost by replacing it).
     if "\x00" in envelope.event or "\x00" in envelope.instance:
@@ -208,8 +215,13 @@ async def _receive(
         return failure(401, "unauthorized", "apikey does not match the instance"), label, "rejected"
     try:
         built = build_ops(envelope, instance)
+    except OverLimit as exc:
+        return failure(422, "over_limit", str(exc)), label, "rejected"
     except PayloadError as exc:
         return failure(400, "invalid_data", str(exc)), label, "rejected"
+    except (UnicodeError, RecursionError) as exc:
+        detail = "data is not UTF-8" if isinstance(exc, UnicodeError) else "data nested too deeply"
+        return failure(400, "invalid_data", detail), label, "rejected"
     if built.outcome == "ignored":
         return IGNORED, label, "ignored"
     fallback = Fallback(source.source_id, envelope.instance, envelope.event, body)
