@@ -481,23 +481,28 @@ def build_ops(envelope: p.Envelope, instance: Instance, received_ms: int | None 
     builder = EventBuilder(instance, envelope, received_ms or int(time.time() * 1000))
     if event in IGNORED:
         return Built(builder.ops, "ignored")
-    spec = EVENTS.get(event)
-    if spec is None:
-        # Known-but-tableless (calls, labels, instance lifecycle) and unknown future events
-        # are kept as received.
-        builder.event(envelope.data)
-        known = event in KEPT_AS_EVENTS
-        return Built(builder.ops, "stored" if known else "unrecognized")
-    kind, handler = spec
     try:
-        data = p.decode_data(envelope.data, kind)
-        handler(builder, data, envelope.data)
+        return _build(builder, event, envelope.data)
     except msgspec.ValidationError as exc:
         raise PayloadError(_at_data(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise PayloadError(f"data: {exc}") from None
+    except UnicodeDecodeError:
+        raise PayloadError("data is not UTF-8") from None
     except RecursionError:
         raise PayloadError("data: nested too deeply") from None
+
+
+def _build(builder: EventBuilder, event: str, raw: msgspec.Raw) -> Built:
+    spec = EVENTS.get(event)
+    if spec is None:
+        # Known-but-tableless (calls, labels, instance lifecycle) and unknown future events
+        # are kept as received.
+        builder.event(raw)
+        known = event in KEPT_AS_EVENTS
+        return Built(builder.ops, "stored" if known else "unrecognized")
+    kind, handler = spec
+    handler(builder, p.decode_data(raw, kind), raw)
     return Built(builder.ops, "stored")
 
 

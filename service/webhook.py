@@ -219,9 +219,6 @@ async def _receive(
         return failure(422, "over_limit", str(exc)), label, "rejected"
     except PayloadError as exc:
         return failure(400, "invalid_data", str(exc)), label, "rejected"
-    except (UnicodeError, RecursionError) as exc:
-        detail = "data is not UTF-8" if isinstance(exc, UnicodeError) else "data nested too deeply"
-        return failure(400, "invalid_data", detail), label, "rejected"
     if built.outcome == "ignored":
         return IGNORED, label, "ignored"
     fallback = Fallback(source.source_id, envelope.instance, envelope.event, body)

@@ -26,8 +26,10 @@ async def _stored(conn: asyncpg.Connection) -> tuple[int, int, int]:
         # a raw \xff inside pushName (a Latin-1 proxy), and a whole Latin-1 body
         json.dumps(upsert("acme-main", "U1")).encode().replace(b"Jo\\u00e3o", b"Jo\xff"),
         json.dumps(upsert("acme-main", "U2", "ação"), ensure_ascii=False).encode("latin-1"),
+        # an event kept as received (no table): its data goes into a text column
+        b'{"event": "call", "instance": "acme-main", "data": {"from": "Jo\xff"}}',
     ],
-    ids=["xff-in-pushname", "latin-1-body"],
+    ids=["xff-in-pushname", "latin-1-body", "xff-in-a-kept-event"],
 )
 async def test_invalid_utf8_is_400(
     deployment: Deployment, conn: asyncpg.Connection, raw: bytes
