@@ -7,19 +7,28 @@
 -- Index the messages' text for search (message_search) and answer those still waiting for
 -- analysis. Idempotent: a message indexed from a newer edit (the edit trigger of migration
 -- 0009) is left as it is.
+-- The tsvector is computed only for messages without an up-to-date search row (a message the
+-- reconciler sends again because its analysis is still pending is indexed already).
 WITH keys AS (
-    SELECT m.tenant_id, m.instance_id, m.message_id, m.analysis_state,
-           to_tsvector('sense_pt', coalesce(m.edited_text, m.text, '')) AS tsv, m.edit_ts
+    SELECT m.tenant_id, m.instance_id, m.message_id, m.analysis_state, m.text,
+           m.edited_text, m.edit_ts,
+           s.message_id IS NULL OR coalesce(m.edit_ts, -1) > coalesce(s.edit_ts, -1) AS stale
     FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(tenant_id, instance_id, message_id)
     JOIN messages AS m
         ON m.tenant_id = k.tenant_id AND m.instance_id = k.instance_id
        AND m.message_id = k.message_id
+    LEFT JOIN message_search AS s
+        ON s.tenant_id = m.tenant_id AND s.instance_id = m.instance_id
+       AND s.message_id = m.message_id
     WHERE m.has_content
     ORDER BY m.tenant_id, m.instance_id, m.message_id
 ),
 indexed AS (
     INSERT INTO message_search AS s (tenant_id, instance_id, message_id, tsv, edit_ts)
-    SELECT tenant_id, instance_id, message_id, tsv, edit_ts FROM keys
+    SELECT tenant_id, instance_id, message_id,
+           to_tsvector('sense_pt', coalesce(edited_text, text, '')), edit_ts
+    FROM keys
+    WHERE stale
     ON CONFLICT (tenant_id, instance_id, message_id) DO UPDATE
         SET tsv = EXCLUDED.tsv, edit_ts = EXCLUDED.edit_ts, indexed_at = now()
         WHERE coalesce(EXCLUDED.edit_ts, -1) > coalesce(s.edit_ts, -1)
