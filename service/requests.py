@@ -71,10 +71,3 @@ def chat_forms(chat: str | None) -> list[str] | None:
         return [chat]  # no JID: matches what it literally names, i.e. nothing filed
     variant = phone_variant(canonical)
     return [canonical] if variant is None else [canonical, variant]
-
-
-def parse_uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None

@@ -51,7 +51,6 @@ cursor), and drop duplicates by (instance, message_id) — frames of transaction
 different processes in the same instant may arrive slightly out of cursor order.
 """
 
-from service.contracts import publish_analyzed
 from service.live.hub import Live, start
 
-__all__ = ["Live", "publish_analyzed", "start"]
+__all__ = ["Live", "start"]
