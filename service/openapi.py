@@ -167,6 +167,7 @@ def document() -> dict[str, Any]:
             "400": _error("not JSON, not an Evolution envelope, or unusable data"),
             "401": _error("bad secret or apikey"),
             "413": _error("body over SENSE_MAX_BODY_BYTES"),
+            "422": _error("an instance name or message id over 255 characters (not retried)"),
             "503": _error("overloaded or database unavailable (Retry-After)"),
         },
     }

@@ -95,3 +95,11 @@ async def test_a_message_id_past_the_limit_is_422_not_an_unreadable_quarantine(
     at_limit = "K" * 255
     assert (await deployment.post(upsert("acme-main", at_limit))).status_code == 200
     assert (await deployment.message("acme", "acme-main", at_limit)).status_code == 200
+
+
+def test_the_contract_documents_every_refusal_above() -> None:
+    from service import openapi
+
+    paths = openapi.document()["paths"]
+    for path in ("/api/webhooks/evolution/{secret}", "/api/webhooks/evolution/{secret}/{suffix}"):
+        assert {"400", "422"} <= set(paths[path]["post"]["responses"]), path
