@@ -27,7 +27,7 @@ from service import (
     search,
     webhook,
 )
-from service.http import RejectNul
+from service.http import RejectNul, unavailable_handlers
 from service.ingest import Batcher, Writer
 from service.live import endpoint
 from service.resolve import Registry
@@ -132,7 +132,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await pool.close()
             metrics.mark_process_dead(os.getpid())
 
-    app = App(routes=routes(), lifespan=lifespan, middleware=[Middleware(RejectNul)])
+    app = App(
+        routes=routes(),
+        lifespan=lifespan,
+        middleware=[Middleware(RejectNul)],
+        exception_handlers=unavailable_handlers(
+            settings.retry_after_seconds,
+            lambda reason: metrics.API_UNAVAILABLE.labels(reason).inc(),
+        ),
+    )
     app.raw_routes = {webhook.PREFIX: webhook.receive}
     if settings.bench_routes:
         from service import baseline

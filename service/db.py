@@ -11,13 +11,23 @@ import asyncpg
 
 MIGRATIONS_LOCK = 0x53454E5345  # advisory lock key: only one migrator at a time
 
+
+class Unavailable(Exception):
+    """The pool could not open a connection (server down, not accepting connections, refused
+    our role...): the database is unavailable, whatever the server's reason."""
+
+
 # Errors that mean "the database is not there right now" (answer 503, retry later), as opposed
 # to errors in what we asked it to do.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    Unavailable,
     OSError,
     TimeoutError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
+    # a connection the server cut while idle can fail its next query this way (its state
+    # machine saw the FATAL first): the connection is broken, the data is not
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
@@ -111,9 +121,20 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     return conn
 
 
+async def _pool_connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except Exception as exc:
+        raise Unavailable(f"cannot connect to the database: {exc.__class__.__name__}") from exc
+
+
 async def create_pool(dsn: str, size: int, connect_timeout: float) -> asyncpg.Pool:
+    """The pool of the read side and the bookkeeping; a connection it cannot open raises
+    ``Unavailable`` (answered 503 + Retry-After, see service/http.py)."""
     pool = await asyncpg.create_pool(
         dsn,
+        connect=_pool_connect,
+        server_settings={"application_name": "sense-api"},
         min_size=1,
         max_size=size,
         init=_init_connection,

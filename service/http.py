@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import msgspec
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from service import db
 
 _encoder = msgspec.json.Encoder()
+CLOSE_TRY_AGAIN = 1013  # WebSocket "try again later": the server cannot serve it right now
 
 
 class JSON(Response):
@@ -42,3 +51,29 @@ class RejectNul:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def unavailable_handlers(
+    retry_after: int, count: Callable[[str], None]
+) -> Mapping[Any, ExceptionHandler]:
+    """Starlette exception handlers: the database or Redis being unreachable, wherever a read,
+    search or admin route meets it, is answered 503 + Retry-After (a WebSocket: close 1013, try
+    again later); the client retries and the pool reconnects by itself, never a 500.
+    ``count(reason)`` counts each answer."""
+    retry = {"Retry-After": str(retry_after)}
+
+    def handler(reason: str, what: str) -> ExceptionHandler:
+        async def answer(conn: Request | WebSocket, exc: Exception) -> Response | None:
+            count(reason)
+            if isinstance(conn, WebSocket):
+                with contextlib.suppress(RuntimeError, OSError):
+                    await conn.close(CLOSE_TRY_AGAIN, f"{what} unavailable, reconnect later")
+                return None
+            return error(503, "unavailable", f"{what} unavailable, retry later", retry)
+
+        return cast(ExceptionHandler, answer)
+
+    database, redis = handler("database", "database"), handler("redis", "Redis")
+    handlers: dict[Any, ExceptionHandler] = {exc: database for exc in db.UNAVAILABLE_ERRORS}
+    handlers[RedisConnectionError] = handlers[RedisTimeoutError] = redis
+    return handlers

@@ -44,6 +44,11 @@ UNAVAILABLE = Counter(
     "Webhooks answered 503 (reason: overloaded = queue full, database = database unavailable)",
     ["reason"],
 )
+API_UNAVAILABLE = Counter(
+    "sense_api_unavailable_total",
+    "Read, search and admin requests answered 503 (reason: database or redis unreachable)",
+    ["reason"],
+)
 BATCH_ROWS = Histogram(
     "sense_batch_rows",
     "Rows written per group commit",
@@ -120,3 +125,7 @@ def render(quarantined: int | None) -> tuple[bytes, str]:
     else:
         text = generate_latest(REGISTRY)
     return text + generate_latest(extra), CONTENT_TYPE_LATEST
+
+
+def count_api_unavailable(reason: str) -> None:
+    API_UNAVAILABLE.labels(reason).inc()

@@ -355,6 +355,13 @@ def document() -> dict[str, Any]:
                 },
             }
         }
+    # Every API route answers 503 + Retry-After while Postgres (or Redis) is unreachable.
+    for path, operations in paths.items():
+        for operation in operations.values():
+            if path.startswith("/api/") and "101" not in operation["responses"]:
+                operation["responses"].setdefault(
+                    "503", _error("database or Redis unavailable, retry later (Retry-After)")
+                )
     return {
         "openapi": "3.1.0",
         "info": {"title": "sense-ingest", "version": "0.1.0"},

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -27,6 +29,7 @@ DATA_TABLES = [
     "sources",
     "tenants",
 ]
+TEST_CONNECTION = "sense-test"  # the application_name of the tests' own connections
 # the reconciler's watermark (migration 0009) back before any test's messages
 RESET_RECONCILER = "UPDATE sense_reconcile SET content_at = '2000-01-01', seq = 0"
 
@@ -107,10 +110,32 @@ def redis_url(redis_server: object) -> str:
 @pytest.fixture
 async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to a clean database (all data tables emptied before the test)."""
-    connection = await db.connect(database_url)
+    connection = await db.connect(
+        database_url, server_settings={"application_name": TEST_CONNECTION}
+    )
     await connection.execute(f"TRUNCATE {', '.join(DATA_TABLES)} CASCADE")
     await connection.execute(RESET_RECONCILER)
     try:
         yield connection
     finally:
         await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def database_down(database_url: str) -> AsyncIterator[None]:
+    """The test database unreachable, as it is to a server whose Postgres went away: it refuses
+    new connections and every open one (except the test's own) is cut. Back on exit."""
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(_with_database(database_url, "postgres"))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND application_name <> $2",
+            name,
+            TEST_CONNECTION,
+        )
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()

@@ -41,8 +41,10 @@ Every frame is one JSON text message with a ``type``:
     Every 25 s, so that idle proxies keep the connection.
 
 The client may send ``{"type": "ping"}`` (answered ``{"type": "pong"}``); anything else is
-ignored. Close codes: 4401 bad or missing token, 1013 the client fell behind (its buffer of
-``BUFFER_FRAMES`` frames / ``BUFFER_BYTES`` bytes filled up) and was dropped, 1001 the server
+ignored. Close codes: 4401 bad or missing token, 1013 try again later — either the client fell
+behind (its buffer of ``BUFFER_FRAMES`` frames / ``BUFFER_BYTES`` bytes filled up) and was
+dropped, or the database or Redis is unreachable right now (the reason says which; reconnect
+with a growing delay), 1001 the server
 is going away (a dropped client whose socket is still backed up may only see the connection
 end: the close frame waits behind the data it has not read). Delivery is at most once per
 connection: after any reconnect, resume with ``GET /api/v1/messages?after=<cursor>`` from

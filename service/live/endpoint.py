@@ -12,6 +12,8 @@ import msgspec
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from service import db
+from service.http import CLOSE_TRY_AGAIN
 from service.live.frames import AUTH_TIMEOUT, CLOSE_SLOW, CLOSE_UNAUTHORIZED, PONG, Ready, encoder
 from service.live.relay import Client, close_socket
 from service.resolve import Registry
@@ -57,14 +59,14 @@ async def stream_endpoint(ws: WebSocket) -> None:
     except Exception as exc:
         log.warning("live subscribe failed: %s", exc.__class__.__name__)
         await live.relay.detach(client)
-        await close_socket(ws, 1011, "live stream unavailable")
+        await close_socket(ws, CLOSE_TRY_AGAIN, "Redis unavailable, reconnect later")
         return
     try:
         # first frame, ahead of any event that arrived while we read the frontier
         client.offer_first(encoder.encode(Ready(tenant.name, await live.frontier())).decode())
-    except Exception:
+    except db.UNAVAILABLE_ERRORS:
         await live.relay.detach(client)
-        await close_socket(ws, 1011, "live stream unavailable")
+        await close_socket(ws, CLOSE_TRY_AGAIN, "database unavailable, reconnect later")
         return
     sender = asyncio.create_task(client.send_forever())
     receiver = asyncio.create_task(_receive(ws, client))

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from service.embedded import EmbeddedRedis
 from service.live import frames
-from tests.conftest import DATA_TABLES
+from tests.conftest import DATA_TABLES, database_down
 from tests.e2e.conftest import ADMIN, Server, start_server, start_worker, stop
 from tests.integration.conftest import status_update, upsert
 
@@ -163,6 +163,34 @@ async def test_token_in_query_or_first_message_and_bad_tokens_are_closed_4401(
             with pytest.raises(ConnectionClosed) as closed:
                 await next_frame(ws)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+async def test_while_the_database_is_down_new_streams_close_1013_and_open_again_after(
+    live: Live,
+) -> None:
+    headers = {"Authorization": f"Bearer {live.tokens['acme']}"}
+    async with database_down(live.database_url):
+        for _ in range(4):  # fresh connections: both server processes answer
+            async with connect(f"{live.ws_url}?token={live.tokens['acme']}") as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await next_frame(ws)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1013, closed.value.rcvd
+            assert "database unavailable" in closed.value.rcvd.reason
+            async with httpx.AsyncClient(base_url=live.server.url, timeout=10) as http:
+                r = await http.get("/api/v1/chats", headers=headers)
+            assert r.status_code == 503 and r.headers["retry-after"], r.text
+    for _ in range(50):
+        try:
+            ws, ready = await live.open("acme")
+            break
+        except ConnectionClosed:
+            await asyncio.sleep(0.1)
+    assert ready["type"] == "ready"
+    message_id = uid("DB")
+    live.post(upsert("acme-main", message_id, "de volta"))
+    await frames_until(ws, is_message(message_id))
+    await ws.close()
 
 
 # fan-out and isolation ----------------------------------------------------------------------------

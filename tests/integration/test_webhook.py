@@ -10,6 +10,7 @@ import asyncpg
 import httpx
 import msgspec
 
+from tests.conftest import database_down
 from tests.integration.conftest import Deployment, running_app, status_update, upsert
 
 
@@ -242,23 +243,11 @@ async def test_inline_media_is_not_stored(deployment: Deployment, conn: asyncpg.
 async def test_database_down_answers_503_and_the_retry_is_stored(
     deployment: Deployment, conn: asyncpg.Connection, database_url: str
 ) -> None:
-    from tests.conftest import _with_database
-
-    name = await conn.fetchval("SELECT current_database()")
-    other = await asyncpg.connect(_with_database(database_url, "postgres"))
-    await other.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-    try:
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'sense-writer'"
-        )
+    async with database_down(database_url):
         r = await deployment.post(upsert("acme-main", "DOWN1"))
         assert r.status_code == 503
         assert int(r.headers["retry-after"]) > 0
         assert r.json()["error"] == "unavailable"
-    finally:
-        await other.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await other.close()
     assert await conn.fetchval("SELECT count(*) FROM messages") == 0
     # Evolution retries a 5xx: once the database is back the same event is stored.
     for _ in range(50):
