@@ -88,7 +88,9 @@ def start_services(tmp: Path) -> tuple[Any, Any, str]:
     return postgres, redis_server, asyncio.run(prepare())
 
 
-def start_server(database_url: str, redis_url: str, tmp: Path, workers: int) -> tuple[Any, str]:
+def start_server(
+    database_url: str, redis_url: str, tmp: Path, workers: int, **extra: str
+) -> tuple[Any, str]:
     port = free_port()
     env = {
         **os.environ,
@@ -99,6 +101,7 @@ def start_server(database_url: str, redis_url: str, tmp: Path, workers: int) -> 
         "SENSE_WORKERS": str(workers),
         "SENSE_DATA_DIR": str(tmp / "data"),
         "SENSE_LOG_LEVEL": "warning",
+        **extra,
     }
     log = (tmp / "server.log").open("wb")
     process = subprocess.Popen(

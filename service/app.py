@@ -27,7 +27,13 @@ from service import (
     search,
     webhook,
 )
-from service.http import RejectNul, unavailable_handlers
+from service.http import (
+    BodyDeadline,
+    BodyTimeout,
+    RejectNul,
+    body_timeout_handler,
+    unavailable_handlers,
+)
 from service.ingest import Batcher, Writer
 from service.live import endpoint
 from service.resolve import Registry
@@ -132,14 +138,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await pool.close()
             metrics.mark_process_dead(os.getpid())
 
+    handlers = {
+        **unavailable_handlers(settings.retry_after_seconds, metrics.count_api_unavailable),
+        BodyTimeout: body_timeout_handler(settings.body_timeout_seconds),
+    }
     app = App(
         routes=routes(),
         lifespan=lifespan,
-        middleware=[Middleware(RejectNul)],
-        exception_handlers=unavailable_handlers(
-            settings.retry_after_seconds,
-            lambda reason: metrics.API_UNAVAILABLE.labels(reason).inc(),
-        ),
+        middleware=[
+            Middleware(RejectNul),
+            Middleware(BodyDeadline, seconds=settings.body_timeout_seconds),
+        ],
+        exception_handlers=handlers,
     )
     app.raw_routes = {webhook.PREFIX: webhook.receive}
     if settings.bench_routes:

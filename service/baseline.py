@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 async def null_ceiling(services: Services, raw: Raw, secret: str) -> Answer:
     try:
-        body = await raw.body(services.settings.max_body_bytes)
+        body = await raw.body(
+            services.settings.max_body_bytes, services.settings.body_timeout_seconds
+        )
         payloads.envelope_decoder.decode(body)
     except BodyTooLarge:
         return failure(413, "payload_too_large", "too large")
@@ -36,7 +38,9 @@ async def null_ceiling(services: Services, raw: Raw, secret: str) -> Answer:
 
 async def naive(services: Services, raw: Raw, secret: str) -> Answer:
     try:
-        body = await raw.body(services.settings.max_body_bytes)
+        body = await raw.body(
+            services.settings.max_body_bytes, services.settings.body_timeout_seconds
+        )
         envelope = payloads.envelope_decoder.decode(body)
     except BodyTooLarge:
         return failure(413, "payload_too_large", "too large")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ import msgspec
 
 from service import admin, db
 from service.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("sense.cli")
 
 DEMO = {"tenant": "demo", "source": "demo-evolution", "instance": "demo-instance"}
 
@@ -158,9 +161,35 @@ def prepare_metrics_dir(data_dir: Path) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
+FD_RESERVE = 1024  # descriptors a server process keeps for Postgres, Redis, files and logs
+
+
+def connection_cap(wanted: int) -> int:
+    """Connections one server process may hold: ``wanted``, within what the process may open.
+    Raises the soft descriptor limit to the hard one first (the children inherit it)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    room = max(64, soft - FD_RESERVE) if soft != resource.RLIM_INFINITY else wanted
+    if wanted > room:
+        log.warning(
+            "SENSE_MAX_CONNECTIONS=%d is over what this process may open (ulimit -n %d):"
+            " holding at most %d connections",
+            wanted,
+            soft,
+            room,
+        )
+    return min(wanted, room)
+
+
 def serve(settings: Settings, workers: int) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops, RuntimeModes
+    from granian.http import HTTP1Settings
 
     prepare_metrics_dir(settings.data_path)
 
@@ -172,6 +201,12 @@ def serve(settings: Settings, workers: int) -> None:
         port=settings.port,
         workers=workers,
         backlog=4096,
+        # connection-level defence (README, "Behind a proxy"): slow or idle clients cannot hold
+        # the connections real traffic needs (the body deadline is the app's, service/webhook.py)
+        backpressure=connection_cap(settings.max_connections),
+        http1_settings=HTTP1Settings(
+            header_read_timeout=round(settings.header_timeout_seconds * 1000)
+        ),
         log_access=False,
         log_level=settings.log_level.lower(),  # type: ignore[arg-type]
         workers_kill_timeout=30,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -11,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, ExceptionHandler, Receive, Scope, Send
+from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from service import db
@@ -51,6 +52,55 @@ class RejectNul:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class BodyTimeout(Exception):
+    """A request's body did not arrive within its deadline (answered 408, see ``BodyDeadline``)."""
+
+
+class BodyDeadline:
+    """ASGI middleware: a request's whole body must arrive within ``seconds`` of the route's
+    first read, else the read raises ``BodyTimeout`` (answered 408 + Connection: close), so a
+    client trickling a body cannot hold a connection and a handler for as long as it likes.
+    The webhook reads its body under the same deadline itself (service/webhook.py)."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        done = False
+
+        async def bounded() -> Message:
+            nonlocal deadline, done
+            if done:
+                return await receive()
+            if deadline is None:
+                deadline = loop.time() + self.seconds
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout() from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+            return message
+
+        await self.app(scope, bounded, send)
+
+
+def body_timeout_handler(seconds: float) -> ExceptionHandler:
+    detail = f"body not received within SENSE_BODY_TIMEOUT_SECONDS ({seconds:g} s)"
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        return error(408, "body_timeout", detail, {"Connection": "close"})
+
+    return cast(ExceptionHandler, answer)
 
 
 def unavailable_handlers(

@@ -26,6 +26,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     public_url: str | None = None
     admin_token: str | None = None
     max_body_bytes: int = 64 * 1024 * 1024
+    # connection-level defence (README, "Behind a proxy"): a request's headers must arrive within
+    # header_timeout_seconds (also how long an idle keep-alive connection is kept), its whole
+    # body within body_timeout_seconds (408 then); each server process holds at most
+    # max_connections connections (more wait in the listen backlog)
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    max_connections: int = 10_000
     queue_max_requests: int = 20_000
     queue_max_bytes: int = 512 * 1024 * 1024  # bodies held by waiting requests, per process
     batch_max_rows: int = 5_000
@@ -89,6 +96,9 @@ _POSITIVE = {
     "port",
     "workers",
     "max_body_bytes",
+    "header_timeout_seconds",
+    "body_timeout_seconds",
+    "max_connections",
     "queue_max_requests",
     "queue_max_bytes",
     "batch_max_bytes",
@@ -147,6 +157,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         if getattr(settings, name) < 0:
             raise SettingsError(f"{PREFIX}{name.upper()}: must be 0 or more")
     _check_enrichment(settings)
+    if settings.header_timeout_seconds > 60:
+        raise SettingsError(f"{PREFIX}HEADER_TIMEOUT_SECONDS: at most 60 (the HTTP server's limit)")
     if settings.log_level.lower() not in {"debug", "info", "warning", "error"}:
         raise SettingsError(f"{PREFIX}LOG_LEVEL: must be debug, info, warning or error")
     return settings

@@ -12,6 +12,7 @@ through the same reader and writer, so they stay comparable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -45,6 +46,10 @@ class Disconnected(Exception):
     """The client went away before its body arrived: there is no one to answer."""
 
 
+class BodyTimeout(Exception):
+    """The whole body did not arrive within its deadline (answer 408 and close)."""
+
+
 class Raw:
     """One request as the ASGI server gave it: the headers the handlers read, the body."""
 
@@ -61,25 +66,30 @@ class Raw:
             elif name == b"x-request-id":
                 self.request_id = value
 
-    async def body(self, limit: int) -> bytes:
-        """The body, refusing more than ``limit`` bytes without holding them all."""
+    async def body(self, limit: int, seconds: float) -> bytes:
+        """The body, refusing more than ``limit`` bytes without holding them all, and a client
+        that takes more than ``seconds`` to send all of it."""
         declared = self.content_length
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyTooLarge()
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise Disconnected()
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge()
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    message = await self.receive()
+                    if message["type"] == "http.disconnect":
+                        raise Disconnected()
+                    chunk = message.get("body", b"")
+                    if chunk:
+                        size += len(chunk)
+                        if size > limit:
+                            raise BodyTooLarge()
+                        chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise BodyTimeout() from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -121,6 +131,8 @@ NOT_FOUND = failure(404, "not_found", "no such route")
 METHOD_NOT_ALLOWED = failure(405, "method_not_allowed", "use POST", {"Allow": "POST"})
 SERVER_ERROR = failure(500, "internal_error", "the server could not handle this request")
 
+CLOSE = {"Connection": "close"}
+
 Handler = Callable[["Services", Raw, str], Awaitable[Answer]]
 
 
@@ -160,6 +172,9 @@ async def receive(services: Services, raw: Raw, secret: str) -> Answer:
         result, event, outcome = await _receive(services, raw, secret, context)
         status = result.status
         return result
+    except Disconnected:
+        outcome, status = "disconnected", 499  # counted, but not as a server error
+        raise
     finally:
         services.observe_webhook(event, outcome, time.perf_counter() - started, status, context)
 
@@ -172,10 +187,15 @@ async def _receive(
     if source is None:
         return failure(401, "unauthorized", "unknown webhook secret"), "unknown", "rejected"
     try:
-        body = await raw.body(settings.max_body_bytes)
+        body = await raw.body(settings.max_body_bytes, settings.body_timeout_seconds)
     except BodyTooLarge:
         detail = f"body exceeds SENSE_MAX_BODY_BYTES ({settings.max_body_bytes} bytes)"
         return failure(413, "payload_too_large", detail), "unknown", "rejected"
+    except BodyTimeout:
+        seconds = settings.body_timeout_seconds
+        detail = f"body not received within SENSE_BODY_TIMEOUT_SECONDS ({seconds:g} s)"
+        # the connection is closed after this answer: what the client sends next is not read
+        return failure(408, "body_timeout", detail, CLOSE), "unknown", "rejected"
     try:
         envelope = payloads.envelope_decoder.decode(body)
     except msgspec.ValidationError as exc:
