@@ -13,8 +13,11 @@ message — per-message overhead in the worker (a fetch, two queries, an inferen
 otherwise dominate; under load the buffer fills past a batch and nothing waits. A webhook never
 waits for Redis, and a dead broker costs one failed attempt per back-off period, not one per
 flush.
-Ids that cannot be enqueued are dropped here: their rows stay ``pending`` (and unindexed) in
-Postgres and the workers' reconciler enqueues them again once the broker is back.
+Ids that cannot be enqueued (Redis down or slow) stay in the buffer and are sent again as soon
+as Redis answers: the sender retries after 0.5 s, then every 2 s at most. Only past
+``MAX_BUFFERED`` ids (or when the process stops before Redis is back) are ids dropped here;
+their rows stay ``pending`` (and unindexed) in Postgres, and the workers' reconciler enqueues
+them once they are ``SENSE_RECONCILE_AGE_SECONDS`` old.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from service.contracts import INDEX_ACTOR, INDEX_QUEUE, Key, message_args, redis_broker
@@ -33,11 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sense.enqueue")
 
-MAX_BUFFERED = (
-    200_000  # ids waiting while the broker is slow; past it, leave them to the reconciler
-)
-BACKOFF_START = 0.5  # seconds without trying after a failure, doubling up to BACKOFF_MAX
-BACKOFF_MAX = 10.0
+MAX_BUFFERED = 200_000  # ids waiting while the broker is away; past it, the reconciler's
+BACKOFF_START = 0.5  # seconds before trying again after a failure, doubling up to BACKOFF_MAX
+BACKOFF_MAX = 2.0
 
 
 class Enqueuer:
@@ -62,8 +62,8 @@ class Enqueuer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        self._retry_at = 0.0
         self._backoff = BACKOFF_START
+        self._sent_chunks = 0  # of the batch being sent (a failure keeps only the rest)
 
     def start(self) -> None:
         self.broker.declare_queue(INDEX_QUEUE)
@@ -73,9 +73,6 @@ class Enqueuer:
         """Post-commit hook: never blocks, never raises."""
         created = committed.created
         if not created:
-            return
-        if time.monotonic() < self._retry_at:
-            self.dropped_ids += len(created)  # broker down: the reconciler has them
             return
         room = self.max_buffered - len(self._buffer)
         if room < len(created):
@@ -92,6 +89,11 @@ class Enqueuer:
 
     async def stop(self, drain_seconds: float = 2.0) -> None:
         await self.drain(drain_seconds)
+        if self._buffer:
+            log.warning(
+                "%d messages not enqueued at shutdown (Redis away): the reconciler sends them",
+                len(self._buffer),
+            )
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -113,16 +115,19 @@ class Enqueuer:
             try:
                 await asyncio.to_thread(self._send, chunks)
             except Exception as exc:
-                self.dropped_ids += len(keys)
-                self._retry_at = time.monotonic() + self._backoff
+                # keep them, ahead of what arrived meanwhile, and try again shortly
+                waiting = [key for chunk in chunks[self._sent_chunks :] for key in chunk]
+                waiting.extend(self._buffer)
+                keep = self._buffer = waiting[: self.max_buffered]
+                self.dropped_ids += len(waiting) - len(keep)
                 log.warning(
-                    "enrichment enqueue failed (%s: %s); %d messages left pending for the "
-                    "reconciler, next try in %.1f s",
+                    "enrichment enqueue failed (%s: %s); %d messages waiting, next try in %.1f s",
                     exc.__class__.__name__,
                     exc,
-                    len(keys),
+                    len(keep),
                     self._backoff,
                 )
+                await asyncio.sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
             else:
                 self._backoff = BACKOFF_START
@@ -130,6 +135,7 @@ class Enqueuer:
     def _send(self, chunks: list[list[Key]]) -> None:
         import dramatiq
 
+        self._sent_chunks = 0
         for chunk in chunks:
             message: dramatiq.Message[Any] = dramatiq.Message(
                 queue_name=INDEX_QUEUE,
@@ -140,6 +146,7 @@ class Enqueuer:
             )
             self.broker.enqueue(message)
             self.sent_messages += 1
+            self._sent_chunks += 1
 
 
 async def start(settings: Settings) -> Enqueuer | None:

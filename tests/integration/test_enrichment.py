@@ -231,6 +231,38 @@ async def test_failures_are_retried_then_failed_and_dead_lettered(
     assert any(k[2] == "F1" for m in dead for k in m.args[0])
 
 
+async def test_enqueues_that_failed_while_redis_was_down_are_sent_once_it_is_back(
+    deployment: Deployment, conn: asyncpg.Connection, database_url: str, tmp_path: Path
+) -> None:
+    own = EmbeddedRedis(tmp_path).start()  # the session Redis is shared: stop our own
+    # no worker, and a reconciler age no test waits for: only the web process can re-send
+    settings = _settings(database_url, own.url, reconcile_age_seconds=3600)
+    from service.app import create_app
+
+    application = create_app(settings)
+    try:
+        async with application.router.lifespan_context(application):
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                d = Deployment(client, deployment.tokens, deployment.secrets, deployment.tenant_of)
+                own.stop()  # Redis is down from here
+                for i in range(10):
+                    assert (await d.post(upsert("acme-main", f"Q{i}", "Adorei"))).status_code == 200
+                enqueuer = application.state.enqueuer
+                await asyncio.sleep(1.0)  # the sender has tried and failed by now
+                assert enqueuer.sent_messages == 0
+                own.start()  # back, and empty
+
+                async def all_queued() -> bool:
+                    ids = {k[2] for m in _queued(own.url) for k in m.args[0]}
+                    return ids == {f"Q{i}" for i in range(10)}
+
+                await _wait(all_queued, "the 10 failed enqueues re-sent", seconds=10)
+                assert enqueuer.dropped_ids == 0
+    finally:
+        own.stop()
+
+
 async def test_reconciler_recovers_what_a_redis_outage_left_pending(
     deployment: Deployment,
     conn: asyncpg.Connection,
