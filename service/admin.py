@@ -14,7 +14,7 @@ import msgspec
 
 from service import db, payloads
 from service.events import PayloadError, build_ops
-from service.ingest import write_ops
+from service.ingest import TRANSIENT_ERRORS, write_ops
 from service.resolve import Instance, digest
 from service.rows import Committed
 
@@ -128,7 +128,11 @@ async def replay_quarantine(
     """Move quarantined events of now-registered instances into their tenant.
 
     Chunks of rows are taken with SKIP LOCKED and deleted in the same transaction that writes
-    their rows, so concurrent replays (several processes) never apply one event twice.
+    their rows, so concurrent replays (several processes) never apply one event twice; and one
+    chunk is written at a time across processes (an advisory lock), since two replays writing
+    events of the same chats in one long transaction each would deadlock. A write that still
+    meets a deadlock (with a live flush) is tried once more before the event is left for the
+    next replay.
     """
     if instance is not None and "\x00" in instance:
         raise AdminError(422, "invalid_name", "instance name must not contain NUL")
@@ -140,6 +144,7 @@ async def replay_quarantine(
     committed = Committed()
     while True:
         async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", db.REPLAY_LOCK)
             rows = await conn.fetch(db.q("claim_quarantine"), source_id, instance, after, 200)
             if not rows:
                 break
@@ -166,8 +171,12 @@ async def replay_quarantine(
                     log.warning("quarantined event %s cannot be replayed: %s", r[0], exc)
                     continue
                 try:
-                    async with conn.transaction():  # a savepoint: one bad event skips alone
-                        part = await write_ops(conn, built.ops)
+                    try:
+                        async with conn.transaction():  # a savepoint: one bad event skips alone
+                            part = await write_ops(conn, built.ops)
+                    except TRANSIENT_ERRORS:
+                        async with conn.transaction():
+                            part = await write_ops(conn, built.ops)
                 except asyncpg.PostgresError as exc:
                     log.warning("quarantined event %s cannot be replayed: %s", r[0], exc)
                     continue

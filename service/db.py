@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 MIGRATIONS_LOCK = 0x53454E5345  # advisory lock key: only one migrator at a time
+REPLAY_LOCK = 0x53454E5352  # advisory lock key: one quarantine replay chunk at a time
 
 
 class Unavailable(Exception):
