@@ -167,8 +167,13 @@ class Registry:
         while True:
             try:
                 if self._listener is None or self._listener.is_closed():
-                    self._listener = await asyncpg.connect(dsn)
+                    self._listener = await asyncpg.connect(
+                        dsn, server_settings={"application_name": "sense-registry"}
+                    )
                     await self._listener.add_listener(CHANNEL, self._notified)
+                    # lost (server restart, a cut connection): wake up, reconnect and reload at
+                    # once, not at the next safety-net refresh
+                    self._listener.add_termination_listener(self._notified)
                     self._dirty.set()  # changes may have happened while we were not listening
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), timeout=refresh_seconds)
