@@ -13,7 +13,7 @@ import asyncpg
 import msgspec
 
 from service import db, payloads
-from service.events import PayloadError, build_ops
+from service.events import MAX_NAME_CHARS, PayloadError, build_ops
 from service.ingest import TRANSIENT_ERRORS, write_ops
 from service.resolve import Instance, digest
 from service.rows import Committed
@@ -51,9 +51,15 @@ class InstanceCreated(msgspec.Struct):
 
 
 def _name(value: str, what: str) -> str:
+    """A name as registered: the webhook's limit (``MAX_NAME_CHARS``) holds for every name, so
+    whatever can be registered can be posted, and the other way round."""
     value = (value or "").strip()
-    if not value or len(value) > 200 or "\x00" in value:
-        raise AdminError(422, "invalid_name", f"{what} name must be 1-200 characters, without NUL")
+    if not value or len(value) > MAX_NAME_CHARS or "\x00" in value:
+        raise AdminError(
+            422,
+            "invalid_name",
+            f"{what} name must be 1-{MAX_NAME_CHARS} characters, without NUL",
+        )
     return value
 
 
