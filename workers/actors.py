@@ -70,10 +70,41 @@ class Indexing:
 
     def index(self, raw_keys: Iterable[Iterable[Any]]) -> list[Key]:
         pending = self.store.index(parse_keys(raw_keys))
-        if pending:
-            # a failure here retries the whole message: indexing again changes nothing
-            self.forward(pending)
+        # One analysis job per tenant: a tenant's messages never share a job, a prompt or a
+        # failure with another tenant's. A failure here retries the whole message: indexing
+        # again changes nothing.
+        for keys in by_tenant(pending).values():
+            self.forward(keys)
         return pending
+
+
+def by_tenant(keys: Iterable[Key]) -> dict[uuid.UUID, list[Key]]:
+    """``keys`` grouped by tenant, each group in its original order."""
+    groups: dict[uuid.UUID, list[Key]] = {}
+    for key in keys:
+        groups.setdefault(key[0], []).append(key)
+    return groups
+
+
+# What a failed analysis records (``analysis.error``, shown to the tenant): a code and a fixed
+# sentence, never what the provider or the model said (it may echo text of the prompt).
+FAILURES = {
+    "bad_answer": "the analyzer's answer could not be used",
+    "time_limit": "the analysis took too long",
+    "internal_error": "the analysis failed",
+}
+
+
+def failure_reason(exception: BaseException) -> str:
+    from dramatiq.middleware import TimeLimitExceeded
+
+    if isinstance(exception, BadAnswer):
+        code = "bad_answer"
+    elif isinstance(exception, TimeLimitExceeded):
+        code = "time_limit"
+    else:
+        code = "internal_error"
+    return f"{code}: {FAILURES[code]}"
 
 
 class Enrichment:
@@ -90,8 +121,13 @@ class Enrichment:
             return []
         texts = [r for r in rows if r.text is not None and r.text.strip()]
         results = [Result(r.key, "skipped") for r in rows if r.text is None or not r.text.strip()]
-        if texts:
-            batch = [r.text or "" for r in texts]
+        # one provider call per tenant (jobs hold one tenant already; this holds for any job):
+        # a prompt never mixes two tenants' messages
+        per_tenant: dict[uuid.UUID, list[Row]] = {}
+        for r in texts:
+            per_tenant.setdefault(r.key[0], []).append(r)
+        for group in per_tenant.values():
+            batch = [r.text or "" for r in group]
             analyses = self.provider.analyze(batch)
             vectors = self.provider.embed(batch)
             if len(analyses) != len(batch) or len(vectors) != len(batch):
@@ -101,7 +137,7 @@ class Enrichment:
                 )
             results += [
                 Result(r.key, "done", a.sentiment, a.emotion, a.satisfaction, v)
-                for r, a, v in zip(texts, analyses, vectors, strict=True)
+                for r, a, v in zip(group, analyses, vectors, strict=True)
             ]
         saved = self.store.save(results)
         self.announce(
@@ -122,16 +158,17 @@ class Enrichment:
         """Retries ran out: fail the rows with the reason, unless the provider was merely
         unavailable (then they stay pending for the reconciler)."""
         keys = parse_keys(raw_keys)
-        reason = f"{exception.__class__.__name__}: {exception}"[:500]
+        detail = f"{exception.__class__.__name__}: {exception}"[:500]  # for the operator's log
         if isinstance(exception, Unavailable):
             log.warning(
                 "analysis unavailable, %d messages left pending for the reconciler: %s",
                 len(keys),
-                reason,
+                detail,
             )
             return []
+        reason = failure_reason(exception)
         failed = self.store.fail(keys, reason)
-        log.error("analysis failed for %d messages: %s", len(failed), reason)
+        log.error("analysis failed for %d messages: %s", len(failed), detail)
         self.announce((k, {"state": "failed", "error": reason}) for k in failed)
         return failed
 

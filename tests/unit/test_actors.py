@@ -216,7 +216,8 @@ def test_a_message_that_keeps_failing_is_failed_and_dead_lettered(local: LocalPr
         assert flaky.calls == 3  # first try + 2 retries, never more
         for k in keys:
             assert h.store.rows[k]["state"] == "failed"
-            assert h.store.rows[k]["error"] == "BadAnswer: chat completion: not JSON"
+            # a code and a fixed sentence: never the provider's own words
+            assert h.store.rows[k]["error"] == "bad_answer: the analyzer's answer could not be used"
         assert len(h.broker.dead_letters) == 1
         assert h.broker.dead_letters[0].args == (message_args(keys),)
         assert {i["state"] for _, items in h.published for i in items} == {"failed"}
@@ -244,10 +245,9 @@ def test_the_time_limit_stops_a_stuck_attempt(local: LocalProvider) -> None:
     try:
         key: Key = (T1, I1, "SLOW")
         h.store.add(key, "Olá")
-        started = time.monotonic()
-        h.run([key])
-        assert time.monotonic() - started < 4.0
+        h.run([key])  # stopped well before the 5 s the provider would take
+        assert slow.calls == 1
         assert h.store.rows[key]["state"] == "failed"
-        assert h.store.rows[key]["error"].startswith("TimeLimitExceeded")
+        assert h.store.rows[key]["error"] == "time_limit: the analysis took too long"
     finally:
         h.close()
