@@ -74,12 +74,14 @@ async def create_tenant(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> T
     return TenantCreated(str(tenant_id), name, token)
 
 
-async def create_source(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> SourceCreated:
+async def create_source(
+    conn: asyncpg.Connection | asyncpg.Pool, name: str, require_apikey: bool = False
+) -> SourceCreated:
     name = _name(name, "source")
     secret = secrets.token_urlsafe(32)
     source_id = uuid.uuid4()
     try:
-        await conn.execute(db.q("insert_source"), source_id, name, digest(secret))
+        await conn.execute(db.q("insert_source"), source_id, name, digest(secret), require_apikey)
     except asyncpg.UniqueViolationError:
         raise AdminError(409, "conflict", f"source {name!r} exists") from None
     return SourceCreated(str(source_id), name, secret, WEBHOOK_PREFIX + secret)
@@ -107,19 +109,89 @@ async def add_instance(
     source: str,
     name: str,
     apikey: str | None = None,
+    require_apikey: bool | None = None,
 ) -> InstanceCreated:
+    """Map ``name`` on ``source`` to ``tenant``. ``apikey`` (kept as a hash): envelopes that
+    present a key must present this one. ``require_apikey``: refuse envelopes that present
+    none (None: the source's default)."""
     name = _name(name, "instance")
+    if require_apikey and not apikey:
+        raise AdminError(422, "invalid_body", "require_apikey needs the instance's apikey")
     t = await _find(conn, "tenants", tenant)
     s = await _find(conn, "sources", source)
     instance_id = uuid.uuid4()
     try:
         await conn.execute(
-            db.q("insert_instance"), t["tenant_id"], instance_id, s["source_id"], name, apikey
+            db.q("insert_instance"),
+            t["tenant_id"],
+            instance_id,
+            s["source_id"],
+            name,
+            digest(apikey) if apikey else None,
+            require_apikey,
         )
     except asyncpg.UniqueViolationError as exc:
         where = "that source" if "source_id" in (exc.constraint_name or "") else "that tenant"
         raise AdminError(409, "conflict", f"instance {name!r} is taken on {where}") from None
     return InstanceCreated(str(instance_id), str(t["tenant_id"]), str(s["source_id"]), name)
+
+
+class TokenRotated(msgspec.Struct):
+    token: str
+
+
+class SecretRotated(msgspec.Struct):
+    secret: str
+    webhook_path: str
+    old_valid_until: str | None
+
+
+class Revoked(msgspec.Struct):
+    revoked: bool = True
+
+
+async def rotate_token(conn: asyncpg.Connection | asyncpg.Pool, tenant: str) -> TokenRotated:
+    """A new API token for ``tenant``; the old one stops working at once (every server
+    process drops it on the registry's NOTIFY, and closes the WebSockets it opened)."""
+    t = await _find(conn, "tenants", tenant)
+    token = "st_" + secrets.token_urlsafe(32)
+    await conn.execute(db.q("set_tenant_token"), t["tenant_id"], digest(token))
+    return TokenRotated(token)
+
+
+async def revoke_token(conn: asyncpg.Connection | asyncpg.Pool, tenant: str) -> Revoked:
+    """No token works for ``tenant`` until the next rotation."""
+    t = await _find(conn, "tenants", tenant)
+    await conn.execute(db.q("set_tenant_token"), t["tenant_id"], None)
+    return Revoked()
+
+
+MAX_OVERLAP_SECONDS = 30 * 86400
+
+
+async def rotate_secret(
+    conn: asyncpg.Connection | asyncpg.Pool, source: str, overlap_seconds: float = 3600
+) -> SecretRotated:
+    """A new webhook secret for ``source``; the current one is still accepted for
+    ``overlap_seconds`` (0: not at all), so Evolution can be pointed at the new URL without
+    losing a webhook. A secret older than the current one stops working now."""
+    if not 0 <= overlap_seconds <= MAX_OVERLAP_SECONDS:
+        raise AdminError(422, "invalid_body", f"overlap_seconds must be 0 to {MAX_OVERLAP_SECONDS}")
+    s = await _find(conn, "sources", source)
+    secret = secrets.token_urlsafe(32)
+    until = await conn.fetchval(
+        db.q("rotate_source_secret"), s["source_id"], digest(secret), overlap_seconds
+    )
+    return SecretRotated(
+        secret, WEBHOOK_PREFIX + secret, until.isoformat() if until is not None else None
+    )
+
+
+async def revoke_secret(conn: asyncpg.Connection | asyncpg.Pool, source: str) -> Revoked:
+    """No secret works for ``source`` (current or overlapping) until the next rotation."""
+    s = await _find(conn, "sources", source)
+    await conn.execute(db.q("revoke_source_secret"), s["source_id"])
+    return Revoked()
 
 
 @dataclass(slots=True)
@@ -162,7 +234,8 @@ async def replay_quarantine(
                     r["instance_id"],
                     r["source_id"],
                     r["instance_name"],
-                    r["apikey"],
+                    bytes(r["apikey_hash"]) if r["apikey_hash"] is not None else None,
+                    bool(r["require_apikey"]),
                 )
                 try:
                     envelope = payloads.envelope_decoder.decode(r["body"])

@@ -1,6 +1,6 @@
 """The admin HTTP API (``SENSE_ADMIN_TOKEN``): register tenants, sources and instances, replay
-quarantine. Each registration reloads this process's map at once (others follow by NOTIFY), so
-what the admin just created works on the very next request."""
+quarantine, rotate and revoke tenant tokens and source secrets. Each change reloads this
+process's map at once (others follow by NOTIFY), so it holds from the very next request."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ def _admin_authorized(request: Request) -> Response | None:
     if not expected:
         return error(403, "forbidden", "admin API disabled: set SENSE_ADMIN_TOKEN")
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+    # as bytes: compare_digest refuses non-ASCII str (any header text must get a 401, not a 500)
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    ):
         return error(401, "unauthorized", "admin token required", {"WWW-Authenticate": "Bearer"})
     return None
 
@@ -34,6 +37,7 @@ class TenantIn(msgspec.Struct):
 
 class SourceIn(msgspec.Struct):
     name: str
+    require_apikey: bool = False
 
 
 class InstanceIn(msgspec.Struct):
@@ -41,6 +45,15 @@ class InstanceIn(msgspec.Struct):
     source: str
     name: str
     apikey: str | None = None
+    require_apikey: bool | None = None
+
+
+class RotateSecretIn(msgspec.Struct):
+    overlap_seconds: float = 3600
+
+
+class Empty(msgspec.Struct):
+    pass
 
 
 class ReplayIn(msgspec.Struct):
@@ -48,12 +61,29 @@ class ReplayIn(msgspec.Struct):
     instance: str | None = None
 
 
+MAX_ADMIN_BODY = 64 * 1024  # an admin body is a few names and flags
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
 async def _admin_body(request: Request, kind: type[Any]) -> Any:
-    body = await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_ADMIN_BODY:
+        raise BodyTooLarge()
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_ADMIN_BODY:
+            raise BodyTooLarge()
     return msgspec.json.decode(body or b"{}", type=kind)
 
 
 def _admin_route(kind: type[Any], action: Any, status: int = 201) -> Any:
+    """A POST handler: admin token, body decoded as ``kind``, then ``action(services, body,
+    **path_params)``."""
+
     async def handler(request: Request) -> Response:
         denied = _admin_authorized(request)
         if denied is not None:
@@ -61,11 +91,13 @@ def _admin_route(kind: type[Any], action: Any, status: int = 201) -> Any:
         services: Services = request.app.state.services
         try:
             payload = await _admin_body(request, kind)
-            result = await action(services, payload)
+            result = await action(services, payload, **request.path_params)
         except msgspec.ValidationError as exc:
             return error(422, "invalid_body", str(exc))
         except msgspec.DecodeError as exc:
             return error(400, "invalid_json", str(exc))
+        except BodyTooLarge:
+            return error(413, "payload_too_large", f"admin body over {MAX_ADMIN_BODY} bytes")
         except admin.AdminError as exc:
             return error(exc.status, exc.code, exc.detail)
         return JSON(result, status_code=status)
@@ -80,15 +112,41 @@ async def _create_tenant(s: Services, body: TenantIn) -> Any:
 
 
 async def _create_source(s: Services, body: SourceIn) -> Any:
-    created = await admin.create_source(s.pool, body.name)
+    created = await admin.create_source(s.pool, body.name, body.require_apikey)
     await s.registry.load(s.pool)
     return created
 
 
 async def _create_instance(s: Services, body: InstanceIn) -> Any:
-    created = await admin.add_instance(s.pool, body.tenant, body.source, body.name, body.apikey)
+    created = await admin.add_instance(
+        s.pool, body.tenant, body.source, body.name, body.apikey, body.require_apikey
+    )
     await s.registry.load(s.pool)
     return created
+
+
+async def _rotate_token(s: Services, body: Empty, ref: str) -> Any:
+    rotated = await admin.rotate_token(s.pool, ref)
+    await s.registry.load(s.pool)
+    return rotated
+
+
+async def _revoke_token(s: Services, body: Empty, ref: str) -> Any:
+    revoked = await admin.revoke_token(s.pool, ref)
+    await s.registry.load(s.pool)
+    return revoked
+
+
+async def _rotate_secret(s: Services, body: RotateSecretIn, ref: str) -> Any:
+    rotated = await admin.rotate_secret(s.pool, ref, body.overlap_seconds)
+    await s.registry.load(s.pool)
+    return rotated
+
+
+async def _revoke_secret(s: Services, body: Empty, ref: str) -> Any:
+    revoked = await admin.revoke_secret(s.pool, ref)
+    await s.registry.load(s.pool)
+    return revoked
 
 
 async def _replay(s: Services, body: ReplayIn) -> Any:
@@ -106,6 +164,26 @@ def routes() -> list[Route]:
         Route(
             "/api/admin/quarantine/replay",
             _admin_route(ReplayIn, _replay, status=200),
+            methods=["POST"],
+        ),
+        Route(
+            "/api/admin/tenants/{ref}/rotate-token",
+            _admin_route(Empty, _rotate_token, status=200),
+            methods=["POST"],
+        ),
+        Route(
+            "/api/admin/tenants/{ref}/revoke-token",
+            _admin_route(Empty, _revoke_token, status=200),
+            methods=["POST"],
+        ),
+        Route(
+            "/api/admin/sources/{ref}/rotate-secret",
+            _admin_route(RotateSecretIn, _rotate_secret, status=200),
+            methods=["POST"],
+        ),
+        Route(
+            "/api/admin/sources/{ref}/revoke-secret",
+            _admin_route(Empty, _revoke_secret, status=200),
             methods=["POST"],
         ),
     ]

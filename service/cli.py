@@ -104,18 +104,41 @@ def cmd_tenant_create(env: Environment, args: argparse.Namespace) -> int:
     return _admin_call(env, lambda conn: admin.create_tenant(conn, args.name))
 
 
+def cmd_tenant_rotate_token(env: Environment, args: argparse.Namespace) -> int:
+    return _admin_call(env, lambda conn: admin.rotate_token(conn, args.name))
+
+
+def cmd_tenant_revoke_token(env: Environment, args: argparse.Namespace) -> int:
+    return _admin_call(env, lambda conn: admin.revoke_token(conn, args.name))
+
+
 def cmd_source_create(env: Environment, args: argparse.Namespace) -> int:
     async def action(conn: Any) -> Any:
-        created = await admin.create_source(conn, args.name)
+        created = await admin.create_source(conn, args.name, args.require_apikey)
         url = env.settings.base_url + created.webhook_path
         return {**msgspec.structs.asdict(created), "webhook_url": url}
 
     return _admin_call(env, action)
 
 
+def cmd_source_rotate_secret(env: Environment, args: argparse.Namespace) -> int:
+    async def action(conn: Any) -> Any:
+        rotated = await admin.rotate_secret(conn, args.name, args.overlap)
+        url = env.settings.base_url + rotated.webhook_path
+        return {**msgspec.structs.asdict(rotated), "webhook_url": url}
+
+    return _admin_call(env, action)
+
+
+def cmd_source_revoke_secret(env: Environment, args: argparse.Namespace) -> int:
+    return _admin_call(env, lambda conn: admin.revoke_secret(conn, args.name))
+
+
 def cmd_instance_add(env: Environment, args: argparse.Namespace) -> int:
     async def action(conn: Any) -> Any:
-        created = await admin.add_instance(conn, args.tenant, args.source, args.name, args.apikey)
+        created = await admin.add_instance(
+            conn, args.tenant, args.source, args.name, args.apikey, args.require_apikey
+        )
         replay = await admin.replay_quarantine(conn, created.source, created.name)
         return {**msgspec.structs.asdict(created), "replayed": replay.replayed}
 
@@ -397,17 +420,45 @@ def parser() -> argparse.ArgumentParser:
     t_create = tenant.add_parser("create", help="create a tenant; prints its token once")
     t_create.add_argument("name")
     t_create.set_defaults(func=cmd_tenant_create)
+    t_rotate = tenant.add_parser(
+        "rotate-token", help="a new token (printed once); the old one stops working at once"
+    )
+    t_rotate.add_argument("name", help="tenant name or id")
+    t_rotate.set_defaults(func=cmd_tenant_rotate_token)
+    t_revoke = tenant.add_parser("revoke-token", help="no token works until the next rotation")
+    t_revoke.add_argument("name", help="tenant name or id")
+    t_revoke.set_defaults(func=cmd_tenant_revoke_token)
 
     source = sub.add_parser("source").add_subparsers(dest="action", required=True)
     s_create = source.add_parser("create", help="an Evolution server; prints its webhook URL")
     s_create.add_argument("name")
+    s_create.add_argument(
+        "--require-apikey",
+        action="store_true",
+        help="its instances refuse envelopes without an apikey (unless set per instance)",
+    )
     s_create.set_defaults(func=cmd_source_create)
+    s_rotate = source.add_parser(
+        "rotate-secret", help="a new webhook secret; the old one works for --overlap seconds"
+    )
+    s_rotate.add_argument("name", help="source name or id")
+    s_rotate.add_argument("--overlap", type=float, default=3600.0, help="seconds (default 3600)")
+    s_rotate.set_defaults(func=cmd_source_rotate_secret)
+    s_revoke = source.add_parser("revoke-secret", help="no secret works until the next rotation")
+    s_revoke.add_argument("name", help="source name or id")
+    s_revoke.set_defaults(func=cmd_source_revoke_secret)
 
     instance = sub.add_parser("instance").add_subparsers(dest="action", required=True)
     i_add = instance.add_parser("add", help="map an Evolution instance to a tenant")
     i_add.add_argument("--tenant", required=True)
     i_add.add_argument("--source", required=True)
-    i_add.add_argument("--apikey")
+    i_add.add_argument("--apikey", help="the instance's Evolution apikey (kept as a hash)")
+    i_add.add_argument(
+        "--require-apikey",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refuse envelopes that present no apikey (default: the source's choice)",
+    )
     i_add.add_argument("name")
     i_add.set_defaults(func=cmd_instance_add)
 

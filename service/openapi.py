@@ -15,7 +15,7 @@ import msgspec
 
 from service import admin, search
 from service import payloads as p
-from service.events import EVENT_TABLE
+from service.events import EVENT_TABLE, MAX_NAME_CHARS
 from service.resources import Chat, InstanceOut, Message, MessagePage
 
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -139,6 +139,9 @@ def document() -> dict[str, Any]:
         admin.TenantCreated,
         admin.SourceCreated,
         admin.InstanceCreated,
+        admin.TokenRotated,
+        admin.SecretRotated,
+        admin.Revoked,
         Replayed,
         WebhookAnswer,
         Status,
@@ -313,17 +316,48 @@ def document() -> dict[str, Any]:
             }
         },
     }
-    name = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NON_BLANK}
+    name = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS, "pattern": NON_BLANK}
     ref = {"type": "string", "minLength": 1, "description": "id or name"}
+    require = {
+        "type": ["boolean", "null"],
+        "description": "refuse webhooks whose envelope presents no apikey",
+    }
     admin_routes = {
         "/api/admin/tenants": ("TenantCreated", {"name": name}, ["name"], 201),
-        "/api/admin/sources": ("SourceCreated", {"name": name}, ["name"], 201),
+        "/api/admin/sources": (
+            "SourceCreated",
+            {"name": name, "require_apikey": {**require, "type": "boolean"}},
+            ["name"],
+            201,
+        ),
         "/api/admin/instances": (
             "InstanceCreated",
-            {"tenant": ref, "source": ref, "name": name, "apikey": {"type": ["string", "null"]}},
+            {
+                "tenant": ref,
+                "source": ref,
+                "name": name,
+                "apikey": {"type": ["string", "null"]},
+                "require_apikey": require,
+            },
             ["tenant", "source", "name"],
             201,
         ),
+        "/api/admin/tenants/{ref}/rotate-token": ("TokenRotated", {}, [], 200),
+        "/api/admin/tenants/{ref}/revoke-token": ("Revoked", {}, [], 200),
+        "/api/admin/sources/{ref}/rotate-secret": (
+            "SecretRotated",
+            {
+                "overlap_seconds": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": admin.MAX_OVERLAP_SECONDS,
+                    "default": 3600,
+                }
+            },
+            [],
+            200,
+        ),
+        "/api/admin/sources/{ref}/revoke-secret": ("Revoked", {}, [], 200),
         "/api/admin/quarantine/replay": (
             "Replayed",
             {"source": {"type": ["string", "null"]}, "instance": {"type": ["string", "null"]}},
@@ -336,8 +370,9 @@ def document() -> dict[str, Any]:
             "post": {
                 "summary": "Admin: " + path.removeprefix("/api/admin/"),
                 "security": _BEARER,
+                **({"parameters": [_path("ref", "id or name")]} if "{ref}" in path else {}),
                 "requestBody": {
-                    "required": True,
+                    "required": bool(required),
                     "content": {
                         "application/json": {
                             "schema": {"type": "object", "properties": props, "required": required}
@@ -351,10 +386,21 @@ def document() -> dict[str, Any]:
                     "403": _error("admin API disabled"),
                     "404": _error("unknown tenant or source"),
                     "409": _error("name taken"),
+                    "413": _error("body over 64 KiB"),
                     "422": _error("invalid body"),
                 },
             }
         }
+    # an instance that requires an apikey must be given one
+    body = paths["/api/admin/instances"]["post"]["requestBody"]["content"]["application/json"]
+    body["schema"]["if"] = {
+        "properties": {"require_apikey": {"const": True}},
+        "required": ["require_apikey"],
+    }
+    body["schema"]["then"] = {
+        "properties": {"apikey": {"type": "string", "minLength": 1}},
+        "required": ["apikey"],
+    }
     # Every API route answers 503 + Retry-After while Postgres (or Redis) is unreachable.
     for path, operations in paths.items():
         for operation in operations.values():

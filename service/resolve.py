@@ -16,6 +16,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 import asyncpg
@@ -37,6 +38,8 @@ class Source:
     source_id: uuid.UUID
     name: str
     secret_hash: bytes
+    # set on the entry of the secret before a rotation: accepted until then (wall clock)
+    valid_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +54,21 @@ class Instance:
     instance_id: uuid.UUID
     source_id: uuid.UUID
     name: str
-    apikey: str | None
+    apikey_hash: bytes | None = None  # sha256 of the instance's registered apikey
+    require_apikey: bool = False  # refuse envelopes that present no key
 
     def apikey_matches(self, presented: str | None) -> bool:
-        """The envelope key must match the registered one, when both are there.
+        """Whether the envelope's ``apikey`` lets this event in.
 
         Evolution sends ``null`` when AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES is off and the
-        literal "Apikey not found" when it has none: both mean "no key presented".
+        literal "Apikey not found" when it has none: both mean "no key presented", accepted
+        unless the instance requires a key. A presented key must match the registered one.
         """
-        if self.apikey is None or presented is None or presented == "Apikey not found":
-            return True
-        return hmac.compare_digest(self.apikey.encode(), presented.encode())
+        if presented is None or presented == "Apikey not found":
+            return not self.require_apikey
+        if self.apikey_hash is None:
+            return not self.require_apikey
+        return hmac.compare_digest(self.apikey_hash, digest(presented))
 
 
 @dataclass(slots=True)
@@ -86,6 +93,7 @@ class Registry:
         self._task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
         self._on_new_instances: list[Callable[[list[Instance]], None]] = []
+        self._on_tokens_changed: list[Callable[[list[uuid.UUID]], None]] = []
 
     # lookups (no I/O) -------------------------------------------------------------------
 
@@ -95,6 +103,8 @@ class Registry:
         # Looked up by hash, so timing says nothing about the secret; compare in constant time.
         if source is None or not hmac.compare_digest(source.secret_hash, wanted):
             return None
+        if source.valid_until is not None and datetime.now(UTC) >= source.valid_until:
+            return None  # the secret before a rotation, past its overlap
         return source
 
     def instance(self, source_id: uuid.UUID, name: str) -> Instance | None:
@@ -117,6 +127,11 @@ class Registry:
     def on_new_instances(self, callback: Callable[[list[Instance]], None]) -> None:
         self._on_new_instances.append(callback)
 
+    def on_tokens_changed(self, callback: Callable[[list[uuid.UUID]], None]) -> None:
+        """``callback(tenant_ids)`` after a reload in which their token was rotated or revoked
+        (or the tenant removed)."""
+        self._on_tokens_changed.append(callback)
+
     # loading ----------------------------------------------------------------------------
 
     async def load(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
@@ -125,26 +140,47 @@ class Registry:
         instances = await conn.fetch(db.q("registry_instances"))
         snap = Snapshot()
         for r in sources:
-            snap.sources[bytes(r["secret_hash"])] = Source(
-                r["source_id"], r["name"], bytes(r["secret_hash"])
-            )
+            old, until = r["old_secret_hash"], r["old_secret_until"]
+            if old is not None and until is not None:
+                snap.sources[bytes(old)] = Source(r["source_id"], r["name"], bytes(old), until)
+            if r["secret_hash"] is not None:  # NULL: revoked
+                snap.sources[bytes(r["secret_hash"])] = Source(
+                    r["source_id"], r["name"], bytes(r["secret_hash"])
+                )
         for r in tenants:
             tenant = Tenant(r["tenant_id"], r["name"])
             snap.tenants[tenant.tenant_id] = tenant
-            snap.tenants_by_token[bytes(r["token_hash"])] = tenant
+            if r["token_hash"] is not None:  # NULL: revoked
+                snap.tenants_by_token[bytes(r["token_hash"])] = tenant
         for r in instances:
             inst = Instance(
-                r["tenant_id"], r["instance_id"], r["source_id"], r["name"], r["apikey"]
+                r["tenant_id"],
+                r["instance_id"],
+                r["source_id"],
+                r["name"],
+                bytes(r["apikey_hash"]) if r["apikey_hash"] is not None else None,
+                bool(r["require_apikey"]),
             )
             snap.instances[(inst.source_id, inst.name)] = inst
             snap.instances_by_tenant[(inst.tenant_id, inst.name)] = inst
             snap.names_by_tenant.setdefault(inst.tenant_id, {})[inst.instance_id] = inst.name
         before = self.snapshot.instances
         added = [i for k, i in snap.instances.items() if before.get(k) != i]
+        # tenants whose token changed (rotated, revoked) or that are gone: their live sessions
+        # were opened with a token that no longer works
+        tokens = {t.tenant_id: h for h, t in snap.tenants_by_token.items()}
+        changed = [
+            tenant_id
+            for h, t in self.snapshot.tenants_by_token.items()
+            if tokens.get(tenant_id := t.tenant_id) != h
+        ]
         self.snapshot = snap
         if self.loaded and added:
             for callback in self._on_new_instances:
                 callback(added)
+        if self.loaded and changed:
+            for on_changed in self._on_tokens_changed:
+                on_changed(changed)
         self.loaded = True
 
     async def start(self, dsn: str, pool: asyncpg.Pool, refresh_seconds: float) -> None:

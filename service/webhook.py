@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from service import payloads
 from service.events import MAX_NAME_CHARS, OverLimit, PayloadError, build_ops, canonical_event
 from service.ingest import Fallback, Overloaded, Unavailable
+from service.resolve import Instance
 
 if TYPE_CHECKING:
     from service.state import Services
@@ -124,6 +125,9 @@ def failure(status: int, code: str, detail: str, headers: dict[str, str] | None 
     return answer(status, {"error": code, "detail": detail}, headers)
 
 
+# stands in for the instance an unknown instance's event is checked against before quarantine
+UNREGISTERED = Instance(uuid.UUID(int=0), uuid.UUID(int=0), uuid.UUID(int=0), "", None)
+
 STORED = answer(200, {"status": "stored"})
 QUARANTINED = answer(202, {"status": "quarantined"})
 IGNORED = answer(202, {"status": "ignored"})
@@ -222,7 +226,14 @@ async def _receive(
     context["event"] = envelope.event[:100]
     instance = services.registry.instance(source.source_id, envelope.instance)
     if instance is None:
-        # Nobody registered this instance (yet): keep the event, replay it once they do.
+        # Nobody registered this instance (yet): keep the event, replay it once they do. What
+        # the instance would refuse is refused now: kept, it could never be replayed.
+        try:
+            build_ops(envelope, UNREGISTERED)
+        except OverLimit as exc:
+            return failure(422, "over_limit", str(exc)), label, "rejected"
+        except PayloadError as exc:
+            return failure(400, "invalid_data", str(exc)), label, "rejected"
         ops = services.quarantine_ops(
             source.source_id, envelope, payloads.without_inline_media(body)
         )
@@ -232,7 +243,8 @@ async def _receive(
         return QUARANTINED, label, "quarantined"
     context["tenant"] = services.tenant_name(instance.tenant_id)
     if not instance.apikey_matches(envelope.apikey):
-        return failure(401, "unauthorized", "apikey does not match the instance"), label, "rejected"
+        detail = "apikey missing or not the instance's registered key"
+        return failure(401, "unauthorized", detail), label, "rejected"
     try:
         built = build_ops(envelope, instance)
     except OverLimit as exc:

@@ -16,7 +16,6 @@ from service import db
 from service.http import CLOSE_TRY_AGAIN
 from service.live.frames import AUTH_TIMEOUT, CLOSE_SLOW, CLOSE_UNAUTHORIZED, PONG, Ready, encoder
 from service.live.relay import Client, close_socket
-from service.resolve import Registry
 
 if TYPE_CHECKING:
     from service.live.hub import Live
@@ -32,7 +31,7 @@ class _Hello(msgspec.Struct):
 _hello = msgspec.json.Decoder(_Hello)
 
 
-async def _authenticate(ws: WebSocket, registry: Registry) -> Any:
+async def _token(ws: WebSocket) -> str | None:
     token = ws.query_params.get("token")
     if not token:
         scheme, _, value = ws.headers.get("authorization", "").partition(" ")
@@ -43,13 +42,14 @@ async def _authenticate(ws: WebSocket, registry: Registry) -> Any:
             token = _hello.decode(first).token
         except (TimeoutError, msgspec.DecodeError, KeyError, WebSocketDisconnect, RuntimeError):
             token = None
-    return registry.tenant_for_token(token.strip()) if token else None
+    return token.strip() if token else None
 
 
 async def stream_endpoint(ws: WebSocket) -> None:
     live: Live = ws.app.state.live
     await ws.accept()
-    tenant = await _authenticate(ws, live.registry)
+    token = await _token(ws)
+    tenant = live.registry.tenant_for_token(token) if token else None
     if tenant is None:
         await close_socket(ws, CLOSE_UNAUTHORIZED, 'unauthorized: send {"token": "<tenant token>"}')
         return
@@ -61,6 +61,10 @@ async def stream_endpoint(ws: WebSocket) -> None:
         await live.relay.detach(client)
         await close_socket(ws, CLOSE_TRY_AGAIN, "Redis unavailable, reconnect later")
         return
+    if live.registry.tenant_for_token(token or "") is None:  # rotated while we subscribed
+        await live.relay.detach(client)
+        await close_socket(ws, CLOSE_UNAUTHORIZED, "token rotated or revoked")
+        return
     try:
         # first frame, ahead of any event that arrived while we read the frontier
         client.offer_first(encoder.encode(Ready(tenant.name, await live.frontier())).decode())
@@ -71,11 +75,17 @@ async def stream_endpoint(ws: WebSocket) -> None:
     sender = asyncio.create_task(client.send_forever())
     receiver = asyncio.create_task(_receive(ws, client))
     dropped = asyncio.create_task(client.dropped.wait())
+    revoked = asyncio.create_task(client.revoked.wait())
     try:
         done, _ = await asyncio.wait(
-            {sender, receiver, dropped}, return_when=asyncio.FIRST_COMPLETED
+            {sender, receiver, dropped, revoked}, return_when=asyncio.FIRST_COMPLETED
         )
-        if dropped in done:
+        if revoked in done:
+            for task in (sender, receiver):
+                task.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
+            await close_socket(ws, CLOSE_UNAUTHORIZED, "token rotated or revoked")
+        elif dropped in done:
             log.info("live client of %s dropped: too slow", tenant.name)
             sender.cancel()
             # The close frame queues behind what the socket still holds, so a client that
@@ -85,7 +95,8 @@ async def stream_endpoint(ws: WebSocket) -> None:
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass
     finally:
-        for task in (sender, receiver, dropped):
+        tasks: tuple[asyncio.Task[Any], ...] = (sender, receiver, dropped, revoked)
+        for task in tasks:
             task.cancel()
         await live.relay.detach(client)
 

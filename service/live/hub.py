@@ -45,12 +45,19 @@ class Live:
         self.buffer_frames = buffer_frames
         self.buffer_bytes = buffer_bytes
         self.relay = Relay(registry, redis)
+        registry.on_tokens_changed(self._revoke)
         self.publisher = Publisher(
             pool,
             registry,
             self._to_redis if redis else self._to_relay,
             self._listened_redis if redis else self._listened_here,
         )
+
+    def _revoke(self, tenant_ids: list[uuid.UUID]) -> None:
+        """A tenant's token was rotated or revoked: its open sessions end (4401)."""
+        for tenant_id in tenant_ids:
+            for client in self.relay.clients.get(tenant_id, ()):
+                client.revoked.set()
 
     async def publish(self, committed: Committed) -> None:
         """The batcher's post-commit hook."""

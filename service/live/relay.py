@@ -42,6 +42,7 @@ class Client:
         self.queue: deque[str] = deque()
         self.queued_bytes = 0
         self.dropped = asyncio.Event()
+        self.revoked = asyncio.Event()  # the token it authenticated with no longer works
         self._ready = asyncio.Event()
 
     def offer_first(self, frame: str) -> None:

@@ -4,7 +4,24 @@
 INSERT INTO tenants (tenant_id, name, token_hash) VALUES ($1, $2, $3)
 
 -- name: insert_source
-INSERT INTO sources (source_id, name, secret_hash) VALUES ($1, $2, $3)
+INSERT INTO sources (source_id, name, secret_hash, require_apikey) VALUES ($1, $2, $3, $4)
+
+-- name: set_tenant_token
+UPDATE tenants SET token_hash = $2 WHERE tenant_id = $1
+
+-- name: rotate_source_secret
+-- The current secret becomes the old one for the overlap (none if revoked or no overlap).
+UPDATE sources
+SET old_secret_hash = CASE WHEN $3 > 0 THEN secret_hash END,
+    old_secret_until = CASE WHEN $3 > 0 AND secret_hash IS NOT NULL
+                            THEN now() + make_interval(secs => $3) END,
+    secret_hash = $2
+WHERE source_id = $1
+RETURNING old_secret_until
+
+-- name: revoke_source_secret
+UPDATE sources SET secret_hash = NULL, old_secret_hash = NULL, old_secret_until = NULL
+WHERE source_id = $1
 
 -- name: demo_tenant_exists
 SELECT count(*) > 0 FROM tenants WHERE name = $1

@@ -14,13 +14,16 @@ SELECT version FROM schema_migrations ORDER BY version
 INSERT INTO schema_migrations (version, name) VALUES ($1, $2)
 
 -- name: registry_sources
-SELECT source_id, name, secret_hash FROM sources
+SELECT source_id, name, secret_hash, old_secret_hash, old_secret_until, require_apikey
+FROM sources
 
 -- name: registry_tenants
 SELECT tenant_id, name, token_hash FROM tenants
 
 -- name: registry_instances
-SELECT tenant_id, instance_id, source_id, name, apikey FROM instances
+SELECT i.tenant_id, i.instance_id, i.source_id, i.name, i.apikey_hash,
+       coalesce(i.require_apikey, s.require_apikey) AS require_apikey
+FROM instances AS i JOIN sources AS s USING (source_id)
 
 -- name: ingest
 -- One batch, one statement, one round trip (migration 0008): see service/ingest.py.
@@ -35,15 +38,17 @@ SELECT tenant_id, name FROM tenants WHERE tenant_id = $1 OR name = $2 ORDER BY t
 SELECT source_id, name FROM sources WHERE source_id = $1 OR name = $2 ORDER BY source_id = $1 DESC LIMIT 1
 
 -- name: insert_instance
-INSERT INTO instances (tenant_id, instance_id, source_id, name, apikey) VALUES ($1, $2, $3, $4, $5)
+INSERT INTO instances (tenant_id, instance_id, source_id, name, apikey_hash, require_apikey)
+VALUES ($1, $2, $3, $4, $5, $6)
 
 -- name: claim_quarantine
 -- Quarantined events whose instance is registered now, oldest first, locked for this replay;
 -- not those a replay refused already (an apikey that does not match the instance's).
 SELECT q.quarantine_id, q.source_id, q.instance_name, q.event, q.body, i.tenant_id,
-       i.instance_id, i.apikey
+       i.instance_id, i.apikey_hash, coalesce(i.require_apikey, s.require_apikey) AS require_apikey
 FROM quarantine AS q
 JOIN instances AS i ON i.source_id = q.source_id AND i.name = q.instance_name
+JOIN sources AS s ON s.source_id = q.source_id
 WHERE ($1::uuid IS NULL OR q.source_id = $1)
   AND ($2::text IS NULL OR q.instance_name = $2)
   AND q.quarantine_id > $3

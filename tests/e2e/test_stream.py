@@ -193,6 +193,38 @@ async def test_while_the_database_is_down_new_streams_close_1013_and_open_again_
     await ws.close()
 
 
+async def test_rotating_a_tenants_token_closes_its_open_streams_4401(live: Live) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    name = uid("rot-").lower()
+    r = live.http.post("/api/admin/tenants", json={"name": name}, headers=admin)
+    live.tokens[name] = r.json()["token"]
+
+    async def open_when_known() -> ClientConnection:
+        """A stream of the tenant, once every server process has the token (NOTIFY)."""
+        for _ in range(100):
+            try:
+                return (await live.open(name))[0]
+            except ConnectionClosed:
+                await asyncio.sleep(0.05)
+        raise AssertionError("the token never opened a stream")
+
+    sockets = [await open_when_known() for _ in range(4)]  # over both server processes
+    other, _ = await live.open("acme")
+    r = live.http.post(f"/api/admin/tenants/{name}/rotate-token", headers=admin)
+    assert r.status_code == 200, r.text
+    for ws in sockets:
+        with pytest.raises(ConnectionClosed) as closed:
+            await next_frame(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    # another tenant's stream is untouched, and the new token opens a stream
+    message_id = uid("ROT")
+    live.post(upsert("acme-main", message_id, "ainda aqui"))
+    await frames_until(other, is_message(message_id))
+    await other.close()
+    live.tokens[name] = r.json()["token"]
+    await (await open_when_known()).close()
+
+
 # fan-out and isolation ----------------------------------------------------------------------------
 
 
