@@ -12,6 +12,7 @@ import msgspec
 
 from tests.conftest import database_down
 from tests.integration.conftest import Deployment, running_app, status_update, upsert
+from tests.integration.polling import eventually
 
 
 async def test_message_is_filed_under_the_instance_tenant(deployment: Deployment) -> None:
@@ -148,29 +149,28 @@ async def test_unknown_instance_is_quarantined_then_replayed(
 
 async def test_admin_replay_route(deployment: Deployment, conn: asyncpg.Connection) -> None:
     await deployment.post(upsert("later", "Q2"))
-    # register behind the server's back: no in-process reload, so only the route replays it
+    # register behind the server's back, without the NOTIFY (triggers off for this transaction):
+    # no reload, so no replay on registration, and the route is the only one to replay it
     tenant_id = await conn.fetchval("SELECT tenant_id FROM tenants WHERE name = 'globex'")
     source_id = await conn.fetchval("SELECT source_id FROM sources WHERE name = 'evo'")
-    await conn.execute(
-        "INSERT INTO instances (tenant_id, instance_id, source_id, name) "
-        "VALUES ($1, gen_random_uuid(), $2, 'later')",
-        tenant_id,
-        source_id,
-    )
+    async with conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        await conn.execute(
+            "INSERT INTO instances (tenant_id, instance_id, source_id, name) "
+            "VALUES ($1, gen_random_uuid(), $2, 'later')",
+            tenant_id,
+            source_id,
+        )
     r = await deployment.admin("/api/admin/quarantine/replay", {"instance": "later"})
     assert r.status_code == 200
-    replayed = r.json()["replayed"]
-    for _ in range(100):  # the NOTIFY-driven reload may have replayed it first
-        if await conn.fetchval("SELECT count(*) FROM quarantine") == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert replayed in (0, 1)
-    assert (
-        await conn.fetchval(
-            "SELECT count(*) FROM messages WHERE message_id = 'Q2' AND tenant_id = $1", tenant_id
-        )
-        == 1
-    )
+    assert r.json() == {"replayed": 1}
+    assert await conn.fetchval("SELECT count(*) FROM quarantine") == 0
+    stored = await conn.fetch("SELECT tenant_id FROM messages WHERE message_id = 'Q2'")
+    assert [r["tenant_id"] for r in stored] == [tenant_id]
+    # nothing is left to replay: a second call files nothing again
+    r = await deployment.admin("/api/admin/quarantine/replay", {"instance": "later"})
+    assert r.json() == {"replayed": 0}
+    assert await conn.fetchval("SELECT count(*) FROM messages WHERE message_id = 'Q2'") == 1
 
 
 async def test_bad_secret_and_apikey(deployment: Deployment) -> None:
@@ -359,14 +359,37 @@ async def test_read_api_requires_a_token(deployment: Deployment) -> None:
     assert r.status_code == 400
 
 
+def sample(metrics: str, series: str) -> float:
+    """The value of one series in a /metrics text (0 while it has never been counted)."""
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 async def test_metrics_and_openapi(deployment: Deployment) -> None:
-    await deployment.post(upsert("acme-main", "MET1"))
-    await deployment.post(upsert("nobody", "MET2"))
+    # the counters are process-wide (other tests count too): what this test adds is the delta
+    stored = 'sense_webhook_requests_total{event="messagesupsert",outcome="stored"}'
+    quarantined = 'sense_webhook_requests_total{event="messagesupsert",outcome="quarantined"}'
+    per_tenant = 'sense_tenant_messages_total{tenant="acme"}'
+    series = (stored, quarantined, per_tenant)
+
+    async def scrape() -> dict[str, float]:
+        text = (await deployment.client.get("/metrics")).text
+        return {s: sample(text, s) for s in series}
+
+    before = await scrape()
+    assert (await deployment.post(upsert("acme-main", "MET1"))).status_code == 200
+    assert (await deployment.post(upsert("nobody", "MET2"))).status_code == 202
+    # the per-tenant count is a post-commit hook: it runs after the answer
+    after = await eventually(scrape, lambda now: now[per_tenant] - before[per_tenant] >= 1)
+    assert {s: after[s] - before[s] for s in series} == {
+        stored: 1,
+        quarantined: 1,
+        per_tenant: 1,
+    }
     text = (await deployment.client.get("/metrics")).text
-    assert 'sense_webhook_requests_total{event="messagesupsert",outcome="stored"}' in text
-    assert 'outcome="quarantined"' in text
-    assert "sense_quarantine_events 1.0" in text
-    assert 'sense_tenant_messages_total{tenant="acme"}' in text
+    assert sample(text, "sense_quarantine_events") == 1  # read from the database
     spec = (await deployment.client.get("/openapi.json")).json()
     assert "/api/v1/messages/{instance}/{message_id}" in spec["paths"]
     assert "Message" in spec["components"]["schemas"]
