@@ -31,7 +31,9 @@ from service.http import (
     BodyDeadline,
     BodyTimeout,
     RejectNul,
+    SecurityHeaders,
     body_timeout_handler,
+    response_headers,
     unavailable_handlers,
 )
 from service.ingest import Batcher, Writer
@@ -107,7 +109,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             on_flush=_observe_flush,
             on_depth=metrics.QUEUE_DEPTH.set,
         )
-        services = Services(settings, pool, registry, batcher)
+        services = Services(
+            settings, pool, registry, batcher, response_headers=response_headers(settings.hsts)
+        )
         app.state.services = services
         registry.on_new_instances(lambda added: services.spawn(services.replay_for(added)))
         await registry.start(dsn, pool, settings.registry_refresh_seconds)
@@ -146,6 +150,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=routes(),
         lifespan=lifespan,
         middleware=[
+            Middleware(SecurityHeaders, hsts=settings.hsts),
             Middleware(RejectNul),
             Middleware(BodyDeadline, seconds=settings.body_timeout_seconds),
         ],

@@ -32,6 +32,37 @@ def error(status: int, code: str, detail: str, headers: dict[str, str] | None = 
     return JSON({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
+def response_headers(hsts: bool) -> list[tuple[bytes, bytes]]:
+    return [*SECURITY_HEADERS, HSTS] if hsts else list(SECURITY_HEADERS)
+
+
+class SecurityHeaders:
+    """ASGI middleware: every HTTP answer says ``X-Content-Type-Options: nosniff`` and
+    ``Referrer-Policy: no-referrer``, and with ``hsts`` (SENSE_HSTS, for a service reached over
+    HTTPS) ``Strict-Transport-Security``. The webhook's raw answers carry the same
+    (service/webhook.py)."""
+
+    def __init__(self, app: ASGIApp, hsts: bool = False) -> None:
+        self.app = app
+        self.headers = response_headers(hsts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *self.headers]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 class RejectNul:
     """ASGI middleware: a NUL in the path or the query string gets a clear 400 before any route
     sees it (Postgres text cannot hold NUL, so it would otherwise surface as a server error)."""

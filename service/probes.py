@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -10,6 +12,9 @@ from starlette.routing import Route
 from service import db, metrics, openapi
 from service.http import JSON, error
 from service.state import Services
+
+log = logging.getLogger("sense.probes")
+NOT_READY = error(503, "not_ready", "not ready")
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -33,15 +38,19 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
+    # The answer says ready or not, nothing more (it is unauthenticated); why is logged.
     try:
         async with services.pool.acquire(timeout=2) as conn:
             pending = await db.pending_migrations(conn)
     except Exception as exc:
-        return error(503, "not_ready", f"database unreachable: {exc.__class__.__name__}")
+        log.warning("not ready: database unreachable (%s)", exc.__class__.__name__)
+        return NOT_READY
     if pending:
-        return error(503, "not_ready", f"migrations not applied: {', '.join(pending)}")
+        log.warning("not ready: migrations not applied: %s", ", ".join(pending))
+        return NOT_READY
     if not services.registry.loaded:
-        return error(503, "not_ready", "registry not loaded")
+        log.warning("not ready: registry not loaded")
+        return NOT_READY
     return JSON({"status": "ready"})
 
 

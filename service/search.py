@@ -57,19 +57,20 @@ class EmbeddingUnavailable(Exception):
 
 
 class QueryEmbedder:
-    """Asks a worker for a query's embedding; remembers the last few answers."""
+    """Asks a worker for a query's embedding; remembers the last few answers, per tenant (a
+    shared cache would tell, by its speed, whether another tenant searched the same words)."""
 
     def __init__(self, redis: aioredis.Redis | None, timeout: float = 2.0, cache_size: int = 512):
         self.redis = redis
         self.timeout = timeout
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._cache: OrderedDict[tuple[uuid.UUID, str], list[float]] = OrderedDict()
         self._reply = msgspec.json.Decoder(EmbedReply)
 
-    async def embed(self, text: str) -> list[float]:
-        cached = self._cache.get(text)
+    async def embed(self, tenant_id: uuid.UUID, text: str) -> list[float]:
+        cached = self._cache.get((tenant_id, text))
         if cached is not None:
-            self._cache.move_to_end(text)
+            self._cache.move_to_end((tenant_id, text))
             return cached
         if self.redis is None:
             raise EmbeddingUnavailable("semantic search needs Redis (SENSE_REDIS_URL) and a worker")
@@ -94,7 +95,7 @@ class QueryEmbedder:
             raise EmbeddingUnavailable(
                 f"the worker answered {len(reply.vector)} dimensions, not {EMBED_DIMENSIONS}"
             )
-        self._cache[text] = reply.vector
+        self._cache[(tenant_id, text)] = reply.vector
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return reply.vector
@@ -152,7 +153,7 @@ async def search(request: Request) -> Response:
         scored = [(float(r["score"]), r["highlight"], r) for r in rows]
     else:
         try:
-            vector = await embedder(request).embed(query)
+            vector = await embedder(request).embed(tenant.tenant_id, query)
         except EmbeddingUnavailable as exc:
             return error(
                 503,

@@ -30,6 +30,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # header_timeout_seconds (also how long an idle keep-alive connection is kept), its whole
     # body within body_timeout_seconds (408 then); each server process holds at most
     # max_connections connections (more wait in the listen backlog)
+    hsts: bool = False  # answer Strict-Transport-Security (set when reached over HTTPS)
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0
     max_connections: int = 10_000
@@ -48,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "info"
     stream_buffer_frames: int = 5_000  # per live WebSocket client; past either limit it is
     stream_buffer_bytes: int = 2 * 1024 * 1024  # dropped (close 1013) and catches up later
+    stream_max_unauthenticated: int = 1000  # sockets per process waiting for their token
     bench_routes: bool = False  # mount bench/'s null-ceiling and naive-baseline routes
     # enrichment (workers/): the analyzer provider and how work is queued
     ai_provider: str = "local"  # local (offline, packaged models) | openai (compatible HTTP API)
@@ -109,6 +111,7 @@ _POSITIVE = {
     "retry_after_seconds",
     "stream_buffer_frames",
     "stream_buffer_bytes",
+    "stream_max_unauthenticated",
     "ai_timeout_seconds",
     "ai_batch_size",
     "ai_circuit_threshold",

@@ -36,6 +36,8 @@ class Services:
     registry: Registry
     batcher: Batcher
     ready: bool = False
+    # what every answer carries (service/http.py SecurityHeaders; the webhook adds them itself)
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def event_label(self, event: str) -> str:

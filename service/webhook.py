@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,10 @@ PREFIX = "/api/webhooks/evolution/"
 PATHS = (PREFIX + "{secret}", PREFIX + "{secret}/{suffix}")
 
 _encoder = msgspec.json.Encoder()
+
+
+# An X-Request-Id we log and echo as given; any other value is replaced by a generated one.
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
 class BodyTooLarge(Exception):
@@ -64,8 +69,8 @@ class Raw:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 self.content_length = value
-            elif name == b"x-request-id":
-                self.request_id = value
+            elif name == b"x-request-id" and REQUEST_ID.fullmatch(value):
+                self.request_id = value  # anything else is replaced by one of ours
 
     async def body(self, limit: int, seconds: float) -> bytes:
         """The body, refusing more than ``limit`` bytes without holding them all, and a client
@@ -104,10 +109,13 @@ class Answer:
         self.body = body
         self.headers = headers
 
-    async def send(self, send: Send, request_id: bytes | None) -> None:
+    async def send(
+        self, send: Send, request_id: bytes | None, common: list[tuple[bytes, bytes]]
+    ) -> None:
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(self.body)).encode()),
+            *common,
         ]
         if self.headers:
             headers.extend((k.lower().encode(), v.encode()) for k, v in self.headers.items())
@@ -146,7 +154,7 @@ async def serve(
     """Run ``handler`` for one POST and send its answer (or a 500 if it raised)."""
     raw = Raw(scope, receive)
     if scope["method"] != "POST":
-        await METHOD_NOT_ALLOWED.send(send, raw.request_id)
+        await METHOD_NOT_ALLOWED.send(send, raw.request_id, services.response_headers)
         return
     try:
         result = await handler(services, raw, secret)
@@ -155,7 +163,7 @@ async def serve(
     except Exception:
         log.exception("webhook handler failed")
         result = SERVER_ERROR
-    await result.send(send, raw.request_id)
+    await result.send(send, raw.request_id, services.response_headers)
 
 
 def split_path(path: str, prefix: str) -> str | None:
@@ -166,11 +174,9 @@ def split_path(path: str, prefix: str) -> str | None:
 
 async def receive(services: Services, raw: Raw, secret: str) -> Answer:
     started = time.perf_counter()
-    context: dict[str, str] = {
-        "request_id": raw.request_id.decode("latin-1")
-        if raw.request_id is not None
-        else uuid.uuid4().hex[:16]
-    }
+    if raw.request_id is None:
+        raw.request_id = uuid.uuid4().hex[:16].encode()  # logged and echoed
+    context: dict[str, str] = {"request_id": raw.request_id.decode()}
     event, outcome, status = "unknown", "rejected", 500
     try:
         result, event, outcome = await _receive(services, raw, secret, context)

@@ -18,7 +18,8 @@ Without SENSE_REDIS_URL the publisher hands its frames to the relay of its own p
 one process; with several, a client only sees what its own process ingested).
 
 ``WS /api/v1/stream`` — authenticate with the tenant token, either as ``?token=`` or as the
-first message ``{"token": "…"}`` within 10 s (browsers: prefer the message, URLs get logged).
+first message ``{"token": "…"}`` within 5 s (browsers: prefer the message, URLs get logged;
+at most 1,000 sockets per process may be waiting for their token, more are closed 1013).
 Every frame is one JSON text message with a ``type``:
 
 ``{"type": "ready", "tenant": "acme", "cursor": "c812.0"}``

@@ -14,7 +14,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from service import db
 from service.http import CLOSE_TRY_AGAIN
-from service.live.frames import AUTH_TIMEOUT, CLOSE_SLOW, CLOSE_UNAUTHORIZED, PONG, Ready, encoder
+from service.live.frames import (
+    AUTH_TIMEOUT,
+    CLOSE_SLOW,
+    CLOSE_UNAUTHORIZED,
+    PONG,
+    Ready,
+    encoder,
+)
 from service.live.relay import Client, close_socket
 
 if TYPE_CHECKING:
@@ -45,10 +52,22 @@ async def _token(ws: WebSocket) -> str | None:
     return token.strip() if token else None
 
 
+_waiting = 0  # sockets of this process waiting for their first message (the token)
+
+
 async def stream_endpoint(ws: WebSocket) -> None:
+    global _waiting
     live: Live = ws.app.state.live
     await ws.accept()
-    token = await _token(ws)
+    if _waiting >= live.max_unauthenticated:
+        # no token yet and too many like it: refuse instead of holding one more
+        await close_socket(ws, CLOSE_TRY_AGAIN, "too many connections waiting to authenticate")
+        return
+    _waiting += 1
+    try:
+        token = await _token(ws)
+    finally:
+        _waiting -= 1
     tenant = live.registry.tenant_for_token(token) if token else None
     if tenant is None:
         await close_socket(ws, CLOSE_UNAUTHORIZED, 'unauthorized: send {"token": "<tenant token>"}')

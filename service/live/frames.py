@@ -10,7 +10,7 @@ from service.resources import Analysis, InstanceOut, Message, rounded_sentiment
 
 BUFFER_FRAMES = 5000  # per client; past either limit the client is dropped (close 1013)
 BUFFER_BYTES = 2 * 1024 * 1024
-AUTH_TIMEOUT = 10.0
+AUTH_TIMEOUT = 5.0  # a socket must send its token within this
 HEARTBEAT_SECONDS = 25.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_SLOW = 1013

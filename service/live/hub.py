@@ -38,12 +38,14 @@ class Live:
         *,
         buffer_frames: int = BUFFER_FRAMES,
         buffer_bytes: int = BUFFER_BYTES,
+        max_unauthenticated: int = 1000,
     ) -> None:
         self.pool = pool
         self.registry = registry
         self.redis = redis
         self.buffer_frames = buffer_frames
         self.buffer_bytes = buffer_bytes
+        self.max_unauthenticated = max_unauthenticated  # sockets waiting for their token
         self.relay = Relay(registry, redis)
         registry.on_tokens_changed(self._revoke)
         self.publisher = Publisher(
@@ -123,6 +125,7 @@ async def start(settings: Settings, pool: asyncpg.Pool, registry: Registry) -> L
         redis,
         buffer_frames=settings.stream_buffer_frames,
         buffer_bytes=settings.stream_buffer_bytes,
+        max_unauthenticated=settings.stream_max_unauthenticated,
     )
     await live.start()
     return live

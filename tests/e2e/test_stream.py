@@ -225,6 +225,26 @@ async def test_rotating_a_tenants_token_closes_its_open_streams_4401(live: Live)
     await (await open_when_known()).close()
 
 
+async def test_sockets_waiting_for_their_token_are_capped_per_process(
+    database_url: str, tmp_path: Path
+) -> None:
+    server = start_server(database_url, tmp_path, workers=1, SENSE_STREAM_MAX_UNAUTHENTICATED="2")
+    url = server.url.replace("http://", "ws://") + "/api/v1/stream"
+    try:
+        waiting = [await connect(url, open_timeout=WAIT) for _ in range(2)]  # no token sent
+        await asyncio.sleep(0.3)  # both are held by the server now
+        async with connect(url, open_timeout=WAIT) as third:
+            with pytest.raises(ConnectionClosed) as closed:
+                await next_frame(third)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        for ws in waiting:  # and the held ones are closed at the token deadline
+            with pytest.raises(ConnectionClosed) as closed:
+                await next_frame(ws, seconds=3 * frames.AUTH_TIMEOUT)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    finally:
+        server.stop()
+
+
 # fan-out and isolation ----------------------------------------------------------------------------
 
 
