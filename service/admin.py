@@ -239,7 +239,16 @@ async def replay_quarantine(
                 )
                 try:
                     envelope = payloads.envelope_decoder.decode(r["body"])
-                    if not inst.apikey_matches(envelope.apikey):
+                    # the key as the live post presented it: its hash, kept beside the body
+                    # (rows kept before 0010 still carry the key itself in the body)
+                    presented = r["presented_hash"]
+                    if presented is not None or envelope.apikey is None:
+                        allowed = inst.presented_hash_matches(
+                            bytes(presented) if presented is not None else None
+                        )
+                    else:
+                        allowed = inst.apikey_matches(envelope.apikey)
+                    if not allowed:
                         # what a live post would have got 401 for is never filed: it stays,
                         # marked, for `sense quarantine list`
                         await conn.execute(db.q("refuse_quarantine"), r[0], REFUSED_APIKEY)
@@ -266,5 +275,7 @@ async def replay_quarantine(
     return ReplayResult(total, committed)
 
 
-async def list_quarantine(conn: Any, limit: int = 100) -> list[asyncpg.Record]:
-    return list(await conn.fetch(db.q("list_quarantine"), limit))
+async def list_quarantine(
+    conn: Any, limit: int = 100, retention_days: float = 14.0
+) -> list[asyncpg.Record]:
+    return list(await conn.fetch(db.q("list_quarantine"), limit, retention_days * 86400))

@@ -38,6 +38,7 @@ from service.http import (
 )
 from service.ingest import Batcher, Writer
 from service.live import endpoint
+from service.quarantine import Guard
 from service.resolve import Registry
 from service.settings import Settings, load_settings
 from service.state import Services
@@ -109,8 +110,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             on_flush=_observe_flush,
             on_depth=metrics.QUEUE_DEPTH.set,
         )
+        guard = Guard(
+            pool,
+            max_events=settings.quarantine_max_events,
+            max_bytes=settings.quarantine_max_bytes,
+            retention_days=settings.quarantine_retention_days,
+        )
         services = Services(
-            settings, pool, registry, batcher, response_headers=response_headers(settings.hsts)
+            settings,
+            pool,
+            registry,
+            batcher,
+            guard,
+            response_headers=response_headers(settings.hsts),
         )
         app.state.services = services
         registry.on_new_instances(lambda added: services.spawn(services.replay_for(added)))
@@ -125,6 +137,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         hooks.append(services.count_messages)
         batcher.on_commit(*hooks)
         batcher.start()
+        await guard.refresh()
+        guard.start()
         # instances registered while no server ran: their quarantined events go home now
         services.spawn(services.replay_for(None))
         services.ready = True
@@ -133,6 +147,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             # Granian stopped accepting; write what is queued before going away.
             await batcher.close()
+            await guard.stop()
             if enqueuer is not None:
                 await enqueuer.stop()
             await stream.stop()

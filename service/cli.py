@@ -147,19 +147,26 @@ def cmd_instance_add(env: Environment, args: argparse.Namespace) -> int:
 
 def cmd_quarantine_list(env: Environment, args: argparse.Namespace) -> int:
     async def action(conn: Any) -> Any:
-        rows = await admin.list_quarantine(conn, args.limit)
-        return [
-            {
-                "id": r["quarantine_id"],
-                "source": r["source"],
-                "instance": r["instance_name"],
-                "event": r["event"],
-                "reason": r["reason"],
-                "bytes": r["bytes"],
-                "received_at": r["received_at"].isoformat(),
-            }
-            for r in rows
-        ]
+        retention = env.settings.quarantine_retention_days
+        rows = await admin.list_quarantine(conn, args.limit, retention)
+        return {
+            "retention_days": retention,
+            "note": f"events are deleted {retention:g} days after they arrive, replayed or not;"
+            " the instance apikey is not kept (only its hash, for the replay's check)",
+            "events": [
+                {
+                    "id": r["quarantine_id"],
+                    "source": r["source"],
+                    "instance": r["instance_name"],
+                    "event": r["event"],
+                    "reason": r["reason"],
+                    "bytes": r["bytes"],
+                    "received_at": r["received_at"].isoformat(),
+                    "expires_at": r["expires_at"].isoformat(),
+                }
+                for r in rows
+            ],
+        }
 
     return _admin_call(env, action)
 

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from service import db
-from service.payloads import without_inline_media
+from service.quarantine import kept_copy
 from service.rows import Committed, Ops, merge_messages, message_key
 
 log = logging.getLogger("sense.ingest")
@@ -339,18 +339,11 @@ class Batcher:
             return {"exc": error}
         fb = item.fallback
         reason = f"write failed: {error.__class__.__name__}: {error}"[:500]
+        kept, presented = kept_copy(fb.body)
         try:
             await writer.write(
                 Ops(
-                    quarantine=[
-                        (
-                            fb.source_id,
-                            fb.instance_name,
-                            fb.event,
-                            reason,
-                            without_inline_media(fb.body),
-                        )
-                    ]
+                    quarantine=[(fb.source_id, fb.instance_name, fb.event, reason, kept, presented)]
                 )
             )
         except Exception as exc:

@@ -41,7 +41,8 @@ WEBHOOK_SECONDS = Histogram(
 )
 UNAVAILABLE = Counter(
     "sense_webhook_unavailable_total",
-    "Webhooks answered 503 (reason: overloaded = queue full, database = database unavailable)",
+    "Webhooks answered 503 (reason: overloaded = queue full, database = database unavailable,"
+    " quarantine_full = the source's quarantine is at its cap)",
     ["reason"],
 )
 API_UNAVAILABLE = Counter(
@@ -103,21 +104,28 @@ def mark_process_dead(pid: int) -> None:
 
 
 class _Values:
-    """Values read at scrape time (e.g. from the database)."""
+    """Values known at scrape time (the quarantine figures of service/quarantine.Guard)."""
 
-    def __init__(self, quarantined: int | None) -> None:
+    def __init__(self, quarantined: int | None, quarantined_bytes: int | None) -> None:
         self.quarantined = quarantined
+        self.quarantined_bytes = quarantined_bytes
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         if self.quarantined is not None:
             yield GaugeMetricFamily(
                 "sense_quarantine_events", "Events waiting in quarantine", value=self.quarantined
             )
+        if self.quarantined_bytes is not None:
+            yield GaugeMetricFamily(
+                "sense_quarantine_bytes",
+                "Bytes of the bodies waiting in quarantine",
+                value=self.quarantined_bytes,
+            )
 
 
-def render(quarantined: int | None) -> tuple[bytes, str]:
+def render(quarantined: int | None, quarantined_bytes: int | None = None) -> tuple[bytes, str]:
     extra = CollectorRegistry()
-    extra.register(_Values(quarantined))
+    extra.register(_Values(quarantined, quarantined_bytes))
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)

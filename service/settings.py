@@ -34,6 +34,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0
     max_connections: int = 10_000
+    # quarantine (service/quarantine.py): per source, past either cap that source's events of
+    # unregistered instances get 503; rows older than the retention are deleted
+    quarantine_max_events: int = 100_000
+    quarantine_max_bytes: int = 1024 * 1024 * 1024
+    quarantine_retention_days: float = 14.0
     queue_max_requests: int = 20_000
     queue_max_bytes: int = 512 * 1024 * 1024  # bodies held by waiting requests, per process
     batch_max_rows: int = 5_000
@@ -102,6 +107,9 @@ _POSITIVE = {
     "body_timeout_seconds",
     "max_connections",
     "queue_max_requests",
+    "quarantine_max_events",
+    "quarantine_max_bytes",
+    "quarantine_retention_days",
     "queue_max_bytes",
     "batch_max_bytes",
     "batch_max_rows",

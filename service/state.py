@@ -17,6 +17,7 @@ from service import admin, metrics
 from service.events import EVENTS, IGNORED, KEPT_AS_EVENTS
 from service.ingest import Batcher
 from service.payloads import Envelope
+from service.quarantine import Guard, kept_copy
 from service.resolve import Instance, Registry
 from service.rows import Committed, Ops
 from service.settings import Settings
@@ -35,6 +36,7 @@ class Services:
     pool: asyncpg.Pool
     registry: Registry
     batcher: Batcher
+    quarantine: Guard
     ready: bool = False
     # what every answer carries (service/http.py SecurityHeaders; the webhook adds them itself)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -79,7 +81,10 @@ class Services:
             metrics.count_tenant_messages(self.tenant_name(tenant_id), n)
 
     def quarantine_ops(self, source_id: uuid.UUID, env: Envelope, body: bytes) -> Ops:
-        return Ops(quarantine=[(source_id, env.instance, env.event, "unknown instance", body)])
+        kept, presented = kept_copy(body)
+        return Ops(
+            quarantine=[(source_id, env.instance, env.event, "unknown instance", kept, presented)]
+        )
 
     def instance_names(self, tenant_id: uuid.UUID) -> Mapping[uuid.UUID, str]:
         return self.registry.instance_names(tenant_id)

@@ -240,12 +240,14 @@ async def _receive(
             return failure(422, "over_limit", str(exc)), label, "rejected"
         except PayloadError as exc:
             return failure(400, "invalid_data", str(exc)), label, "rejected"
-        ops = services.quarantine_ops(
-            source.source_id, envelope, payloads.without_inline_media(body)
-        )
+        if services.quarantine.full(source.source_id):
+            services.count_unavailable("quarantine_full")
+            return quarantine_full(services), label, "rejected"
+        ops = services.quarantine_ops(source.source_id, envelope, body)
         result = await _submit(services, ops, None, len(body))
         if isinstance(result, Answer):
             return result, label, "rejected"
+        services.quarantine.added(source.source_id, len(ops.quarantine[0][4]))
         return QUARANTINED, label, "quarantined"
     context["tenant"] = services.tenant_name(instance.tenant_id)
     if not instance.apikey_matches(envelope.apikey):
@@ -268,6 +270,16 @@ async def _receive(
     if built.outcome == "unrecognized":
         return answer(202, {"status": "kept", "event": envelope.event}), label, "stored"
     return STORED, label, "stored"
+
+
+def quarantine_full(services: Services) -> Answer:
+    s = services.settings
+    detail = (
+        "quarantine of this source is full (SENSE_QUARANTINE_MAX_EVENTS"
+        f" {s.quarantine_max_events} / SENSE_QUARANTINE_MAX_BYTES {s.quarantine_max_bytes}):"
+        " register its instances, retry later"
+    )
+    return failure(503, "quarantine_full", detail, {"Retry-After": str(s.retry_after_seconds)})
 
 
 async def _submit(

@@ -44,8 +44,9 @@ VALUES ($1, $2, $3, $4, $5, $6)
 -- name: claim_quarantine
 -- Quarantined events whose instance is registered now, oldest first, locked for this replay;
 -- not those a replay refused already (an apikey that does not match the instance's).
-SELECT q.quarantine_id, q.source_id, q.instance_name, q.event, q.body, i.tenant_id,
-       i.instance_id, i.apikey_hash, coalesce(i.require_apikey, s.require_apikey) AS require_apikey
+SELECT q.quarantine_id, q.source_id, q.instance_name, q.event, q.body,
+       q.apikey_hash AS presented_hash, i.tenant_id, i.instance_id, i.apikey_hash,
+       coalesce(i.require_apikey, s.require_apikey) AS require_apikey
 FROM quarantine AS q
 JOIN instances AS i ON i.source_id = q.source_id AND i.name = q.instance_name
 JOIN sources AS s ON s.source_id = q.source_id
@@ -65,7 +66,7 @@ DELETE FROM quarantine WHERE quarantine_id = ANY($1::bigint[])
 
 -- name: list_quarantine
 SELECT q.quarantine_id, s.name AS source, q.instance_name, q.event, q.reason, q.received_at,
-       octet_length(q.body) AS bytes
+       q.received_at + make_interval(secs => $2) AS expires_at, octet_length(q.body) AS bytes
 FROM quarantine AS q JOIN sources AS s USING (source_id)
 ORDER BY q.quarantine_id
 LIMIT $1
@@ -111,8 +112,15 @@ SELECT name, state, state_reason, owner_jid, profile_name, state_at, qr_code, qr
        pairing_code, qr_at
 FROM instances WHERE tenant_id = $1 ORDER BY name
 
--- name: count_quarantine
-SELECT count(*) FROM quarantine
+-- name: quarantine_held
+SELECT source_id, count(*) AS events, coalesce(sum(octet_length(body)), 0)::bigint AS bytes
+FROM quarantine GROUP BY source_id
+
+-- name: quarantine_expire
+WITH gone AS (
+    DELETE FROM quarantine WHERE received_at < now() - make_interval(secs => $1) RETURNING 1
+)
+SELECT count(*) FROM gone
 
 -- name: naive_lookup_instance
 -- Benchmark baseline only: the per-request lookup the in-memory registry replaces.

@@ -13,7 +13,15 @@ WHERE a.tenant_id = b.tenant_id AND a.instance_id = b.instance_id AND a.digest =
 ALTER TABLE events ALTER COLUMN digest SET NOT NULL;
 CREATE UNIQUE INDEX events_once ON events (tenant_id, instance_id, digest);
 
--- sense_ingest() of 0008, with the events insert made idempotent (the only change).
+-- Quarantine keeps no instance apikey: the copy of the body has it removed and only its hash
+-- is kept beside it (a replay checks it against the instance's key like a live post would).
+-- Rows expire (SENSE_QUARANTINE_RETENTION_DAYS), found by age.
+ALTER TYPE sense_quarantine_in ADD ATTRIBUTE apikey_hash bytea;
+ALTER TABLE quarantine ADD COLUMN apikey_hash bytea;
+CREATE INDEX quarantine_received ON quarantine (received_at);
+
+-- sense_ingest() of 0008, with the events insert made idempotent and the quarantine insert
+-- keeping the apikey hash (the only changes).
 -- Returns the messages whose content is stored and that this call created or changed, as the
 -- live stream shows them (the columns of api.message_from_row and the commit position), so
 -- that nobody reads them back after the commit.
@@ -445,8 +453,8 @@ BEGIN
         ON CONFLICT (tenant_id, instance_id, digest) DO NOTHING;
     END IF;
     IF cardinality(quarantine_in) > 0 THEN
-        INSERT INTO quarantine (source_id, instance_name, event, reason, body)
-        SELECT x.source_id, x.instance_name, x.event, x.reason, x.body
+        INSERT INTO quarantine (source_id, instance_name, event, reason, body, apikey_hash)
+        SELECT x.source_id, x.instance_name, x.event, x.reason, x.body, x.apikey_hash
         FROM unnest(quarantine_in) AS x;
     END IF;
     RETURN;
