@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_events=settings.quarantine_max_events,
             max_bytes=settings.quarantine_max_bytes,
             retention_days=settings.quarantine_retention_days,
+            on_totals=metrics.set_quarantine,
         )
         services = Services(
             settings,

@@ -222,6 +222,15 @@ def serve(settings: Settings, workers: int) -> None:
     from granian.http import HTTP1Settings
 
     prepare_metrics_dir(settings.data_path)
+    if settings.metrics_port:
+        # metrics on a listener of their own (e.g. a private interface), served by this
+        # supervising process from every worker's samples; the main port does not serve them
+        from prometheus_client import start_http_server
+
+        from service import metrics
+
+        start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry())
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
 
     Granian(
         "service.app:create_app",

@@ -10,7 +10,6 @@ is used.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -22,7 +21,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -67,8 +65,18 @@ QUEUE_DEPTH = Gauge(
 )
 TENANT_MESSAGES = Counter(
     "sense_tenant_messages_total",
-    "Messages stored per tenant (bounded label set)",
-    ["tenant"],
+    "Messages stored per tenant, by tenant id (never its name; bounded label set)",
+    ["tenant_id"],
+)
+QUARANTINE_EVENTS = Gauge(
+    "sense_quarantine_events",
+    "Events waiting in quarantine (every source)",
+    multiprocess_mode="livemax",
+)
+QUARANTINE_BYTES = Gauge(
+    "sense_quarantine_bytes",
+    "Bytes of the bodies waiting in quarantine (every source)",
+    multiprocess_mode="livemax",
 )
 
 _tenant_labels: set[str] = set()
@@ -87,13 +95,13 @@ def webhook_series(event: str, outcome: str) -> tuple[Any, Any]:
     return series
 
 
-def count_tenant_messages(tenant: str, n: int) -> None:
-    if tenant not in _tenant_labels:
+def count_tenant_messages(tenant_id: str, n: int) -> None:
+    if tenant_id not in _tenant_labels:
         if len(_tenant_labels) >= MAX_TENANT_LABELS:
-            tenant = "_other"
+            tenant_id = "_other"
         else:
-            _tenant_labels.add(tenant)
-    TENANT_MESSAGES.labels(tenant).inc(n)
+            _tenant_labels.add(tenant_id)
+    TENANT_MESSAGES.labels(tenant_id).inc(n)
 
 
 def mark_process_dead(pid: int) -> None:
@@ -103,36 +111,22 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-class _Values:
-    """Values known at scrape time (the quarantine figures of service/quarantine.Guard)."""
-
-    def __init__(self, quarantined: int | None, quarantined_bytes: int | None) -> None:
-        self.quarantined = quarantined
-        self.quarantined_bytes = quarantined_bytes
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        if self.quarantined is not None:
-            yield GaugeMetricFamily(
-                "sense_quarantine_events", "Events waiting in quarantine", value=self.quarantined
-            )
-        if self.quarantined_bytes is not None:
-            yield GaugeMetricFamily(
-                "sense_quarantine_bytes",
-                "Bytes of the bodies waiting in quarantine",
-                value=self.quarantined_bytes,
-            )
-
-
-def render(quarantined: int | None, quarantined_bytes: int | None = None) -> tuple[bytes, str]:
-    extra = CollectorRegistry()
-    extra.register(_Values(quarantined, quarantined_bytes))
+def registry() -> CollectorRegistry:
+    """What a scrape reads: every process's samples (multiprocess mode), or this process's."""
     if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        text = generate_latest(registry)
-    else:
-        text = generate_latest(REGISTRY)
-    return text + generate_latest(extra), CONTENT_TYPE_LATEST
+        aggregated = CollectorRegistry()
+        MultiProcessCollector(aggregated)
+        return aggregated
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
+
+
+def set_quarantine(events: int, size: int) -> None:
+    QUARANTINE_EVENTS.set(events)
+    QUARANTINE_BYTES.set(size)
 
 
 def count_api_unavailable(reason: str) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 from starlette.requests import Request
@@ -18,10 +19,20 @@ NOT_READY = error(503, "not_ready", "not ready")
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    services: Services = request.app.state.services
-    # the quarantine figures are the guard's (refreshed every few seconds): no query per scrape
-    held = services.quarantine.totals()
-    body, content_type = metrics.render(held.events if held else None, held.bytes if held else None)
+    """Prometheus text; behind ``SENSE_METRICS_TOKEN`` (Bearer) when it is set, and not served
+    here at all when ``SENSE_METRICS_PORT`` gives it a listener of its own (service/cli.py)."""
+    settings = request.app.state.services.settings
+    if settings.metrics_port:
+        return error(404, "not_found", "metrics are served on SENSE_METRICS_PORT")
+    if settings.metrics_token:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), settings.metrics_token.encode()
+        ):
+            return error(
+                401, "unauthorized", "metrics token required", {"WWW-Authenticate": "Bearer"}
+            )
+    body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 
 

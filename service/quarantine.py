@@ -12,8 +12,8 @@ tenant once the instance is registered (service/admin.py). What is kept:
 - for ``SENSE_QUARANTINE_RETENTION_DAYS``: older rows are deleted.
 
 ``Guard`` keeps each source's count and bytes in memory, read from Postgres every few seconds
-and counted up between reads, so the check costs no query; the same figures are the
-``sense_quarantine_*`` gauges of /metrics (no query per scrape either).
+and counted up between reads, so the check costs no query; it sets the same figures into the
+``sense_quarantine_*`` gauges (a scrape queries nothing either).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -74,8 +75,10 @@ class Guard:
         retention_days: float,
         refresh_seconds: float = 5.0,
         sweep_seconds: float = 600.0,
+        on_totals: Callable[[int, int], None] | None = None,
     ) -> None:
         self.pool = pool
+        self.on_totals = on_totals  # (events, bytes) of every source, whenever they change
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.retention_seconds = retention_days * 86400
@@ -93,6 +96,12 @@ class Guard:
         held = self.held.setdefault(source_id, Held())
         held.events += 1
         held.bytes += size
+        self._publish()
+
+    def _publish(self) -> None:
+        totals = self.totals()
+        if totals is not None and self.on_totals is not None:
+            self.on_totals(totals.events, totals.bytes)
 
     def totals(self) -> Held | None:
         """All sources together, or None before the first read."""
@@ -106,6 +115,7 @@ class Guard:
         rows = await self.pool.fetch(db.q("quarantine_held"))
         self.held = {r["source_id"]: Held(r["events"], r["bytes"]) for r in rows}
         self.loaded = True
+        self._publish()
 
     async def sweep(self) -> int:
         """Delete what is past its retention; how many rows went."""

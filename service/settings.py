@@ -30,6 +30,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # header_timeout_seconds (also how long an idle keep-alive connection is kept), its whole
     # body within body_timeout_seconds (408 then); each server process holds at most
     # max_connections connections (more wait in the listen backlog)
+    # /metrics: with a token, scrapes need it (Bearer); with a port, metrics are served there
+    # (on metrics_host) and not on the main listener
+    metrics_token: str | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
     hsts: bool = False  # answer Strict-Transport-Security (set when reached over HTTPS)
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0

@@ -78,7 +78,7 @@ class Services:
         for tenant_id, _, _ in committed.created:
             per_tenant[tenant_id] = per_tenant.get(tenant_id, 0) + 1
         for tenant_id, n in per_tenant.items():
-            metrics.count_tenant_messages(self.tenant_name(tenant_id), n)
+            metrics.count_tenant_messages(str(tenant_id), n)
 
     def quarantine_ops(self, source_id: uuid.UUID, env: Envelope, body: bytes) -> Ops:
         kept, presented = kept_copy(body)

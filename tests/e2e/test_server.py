@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from tests.e2e.conftest import Server, sense, start_server
+from tests.e2e.conftest import Server, free_port, sense, start_server
 from tests.integration.conftest import upsert
 from tests.integration.polling import eventually_sync
 
@@ -129,7 +129,7 @@ def test_sigterm_answers_and_stores_every_request_it_holds(clean_db: str, tmp_pa
 
 
 def test_metrics_add_up_over_worker_processes(server: Server) -> None:
-    sense("tenant", "create", "m", env=server.env)
+    tenant_id = sense("tenant", "create", "m", env=server.env)["id"]
     source = sense("source", "create", "ms", env=server.env)
     sense("instance", "add", "--tenant", "m", "--source", "ms", "mi", env=server.env)
     hook = server.url + source["webhook_path"]
@@ -145,4 +145,25 @@ def test_metrics_add_up_over_worker_processes(server: Server) -> None:
             if x.startswith('sense_webhook_requests_total{event="messagesupsert",outcome="stored"}')
         )
         assert float(line.split()[-1]) == 30.0
-        assert 'sense_tenant_messages_total{tenant="m"} 30.0' in text
+        assert f'sense_tenant_messages_total{{tenant_id="{tenant_id}"}} 30.0' in text
+
+
+def test_metrics_behind_a_token_or_on_their_own_port(clean_db: str, tmp_path: Path) -> None:
+    guarded = start_server(clean_db, tmp_path, workers=1, SENSE_METRICS_TOKEN="scrape-me")
+    try:
+        assert httpx.get(guarded.url + "/metrics").status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.get(guarded.url + "/metrics", headers=wrong).status_code == 401
+        right = {"Authorization": "Bearer scrape-me"}
+        r = httpx.get(guarded.url + "/metrics", headers=right)
+        assert r.status_code == 200 and "sense_ingest_queue_depth" in r.text
+    finally:
+        guarded.stop()
+    port = free_port()
+    apart = start_server(clean_db, tmp_path, workers=2, SENSE_METRICS_PORT=str(port))
+    try:
+        assert httpx.get(apart.url + "/metrics").status_code == 404  # not on the main port
+        r = httpx.get(f"http://127.0.0.1:{port}/metrics")
+        assert r.status_code == 200 and "sense_ingest_queue_depth" in r.text
+    finally:
+        apart.stop()

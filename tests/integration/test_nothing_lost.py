@@ -286,8 +286,11 @@ async def test_a_batch_failing_twice_answers_503_and_writes_nothing_of_it(
 # 1c --------------------------------------------------------------------------------------
 
 
-def tenant_counter(tenant: str) -> float:
-    return REGISTRY.get_sample_value("sense_tenant_messages_total", {"tenant": tenant}) or 0.0
+def tenant_counter(app: Any, tenant: str) -> float:
+    """The messages counted for ``tenant`` (labelled by its id) in this process."""
+    tenants = app.state.services.registry.snapshot.tenants.values()
+    tenant_id = next(str(t.tenant_id) for t in tenants if t.name == tenant)
+    return REGISTRY.get_sample_value("sense_tenant_messages_total", {"tenant_id": tenant_id}) or 0.0
 
 
 async def test_a_post_commit_hook_that_raises_loses_nothing_and_later_commits_run_the_hooks(
@@ -310,7 +313,7 @@ async def test_a_post_commit_hook_that_raises_loses_nothing_and_later_commits_ru
         batcher: Batcher = app.state.services.batcher
         # the failing hook first: the app's own hooks and the recording one come after it
         batcher.on_commit(broken, *batcher.hooks, recording)
-        counted = tenant_counter("acme")
+        counted = tenant_counter(app, "acme")
         for n in (1, 2):
             r = await d.post(upsert("acme-main", f"HOOK{n}", f"gancho {n}"))
             assert (r.status_code, r.json()) == (200, {"status": "stored"})
@@ -320,7 +323,7 @@ async def test_a_post_commit_hook_that_raises_loses_nothing_and_later_commits_ru
         assert seen == ["HOOK1", "HOOK2"]
         assert calls == ["broken", "broken"]
         # the app's per-tenant counter, a hook after the broken one, counted both
-        assert tenant_counter("acme") - counted == 2
+        assert tenant_counter(app, "acme") - counted == 2
 
 
 # 1d --------------------------------------------------------------------------------------

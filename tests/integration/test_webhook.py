@@ -367,11 +367,12 @@ def sample(metrics: str, series: str) -> float:
     return 0.0
 
 
-async def test_metrics_and_openapi(deployment: Deployment) -> None:
+async def test_metrics_and_openapi(deployment: Deployment, conn: asyncpg.Connection) -> None:
     # the counters are process-wide (other tests count too): what this test adds is the delta
     stored = 'sense_webhook_requests_total{event="messagesupsert",outcome="stored"}'
     quarantined = 'sense_webhook_requests_total{event="messagesupsert",outcome="quarantined"}'
-    per_tenant = 'sense_tenant_messages_total{tenant="acme"}'
+    acme = await conn.fetchval("SELECT tenant_id FROM tenants WHERE name = 'acme'")
+    per_tenant = f'sense_tenant_messages_total{{tenant_id="{acme}"}}'
     series = (stored, quarantined, per_tenant)
 
     async def scrape() -> dict[str, float]:
@@ -389,7 +390,8 @@ async def test_metrics_and_openapi(deployment: Deployment) -> None:
         per_tenant: 1,
     }
     text = (await deployment.client.get("/metrics")).text
-    assert sample(text, "sense_quarantine_events") == 1  # read from the database
+    assert sample(text, "sense_quarantine_events") == 1  # counted as it was kept
+    assert "acme" not in text  # tenants are named by id only
     spec = (await deployment.client.get("/openapi.json")).json()
     assert "/api/v1/messages/{instance}/{message_id}" in spec["paths"]
     assert "Message" in spec["components"]["schemas"]
