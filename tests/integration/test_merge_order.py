@@ -10,7 +10,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import pytest
 
 from service import payloads
 from service.events import build_ops
@@ -115,13 +114,6 @@ async def test_a_conversation_delivered_in_any_order_gives_the_in_order_rows(
         assert await state(conn, await deliver(conn, order)) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sense_ingest (migration 0010, chats_touched; 0008 before it): on a tie of "
-    "message_ts (WhatsApp timestamps are seconds) the chat's last_message_id is the one that "
-    "arrived last (>=, and DISTINCT ON without a tie-break within a batch), so two orders of "
-    "the same messages show different last messages in GET /api/v1/chats",
-)
 async def test_messages_of_the_same_second_give_one_last_message_whatever_the_order(
     conn: asyncpg.Connection,
 ) -> None:

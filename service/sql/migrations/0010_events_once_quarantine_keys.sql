@@ -20,8 +20,9 @@ ALTER TYPE sense_quarantine_in ADD ATTRIBUTE apikey_hash bytea;
 ALTER TABLE quarantine ADD COLUMN apikey_hash bytea;
 CREATE INDEX quarantine_received ON quarantine (received_at);
 
--- sense_ingest() of 0008, with the events insert made idempotent and the quarantine insert
--- keeping the apikey hash (the only changes).
+-- sense_ingest() of 0008, with the events insert made idempotent, the quarantine insert
+-- keeping the apikey hash, and a chat's last message chosen by (time, id), so that messages
+-- of the same second give the same last message in any delivery order (the only changes).
 -- Returns the messages whose content is stored and that this call created or changed, as the
 -- live stream shows them (the columns of api.message_from_row and the commit position), so
 -- that nobody reads them back after the commit.
@@ -99,12 +100,14 @@ BEGIN
                mc.tenant_id, mc.instance_id, mc.phone_jid, 'user', mc.name, mc.unread,
                mc.deleted, mc.last_message_id, mc.last_message_ts
         FROM moved_chats AS mc
-        ORDER BY mc.tenant_id, mc.instance_id, mc.phone_jid, mc.last_message_ts DESC NULLS LAST
+        ORDER BY mc.tenant_id, mc.instance_id, mc.phone_jid, mc.last_message_ts DESC NULLS LAST,
+                 mc.last_message_id DESC
         ON CONFLICT (tenant_id, instance_id, chat_jid) DO UPDATE SET
             name = coalesce(c.name, EXCLUDED.name),
             unread = coalesce(c.unread, EXCLUDED.unread),
-            last_message_id = CASE WHEN EXCLUDED.last_message_ts
-                                        > coalesce(c.last_message_ts, '-infinity'::timestamptz)
+            last_message_id = CASE WHEN (EXCLUDED.last_message_ts, EXCLUDED.last_message_id)
+                                        > (coalesce(c.last_message_ts, '-infinity'::timestamptz),
+                                           coalesce(c.last_message_id, ''))
                                    THEN EXCLUDED.last_message_id ELSE c.last_message_id END,
             last_message_ts = GREATEST(c.last_message_ts, EXCLUDED.last_message_ts),
             updated_at = now();
@@ -258,11 +261,15 @@ BEGIN
                    u.message_ts
             FROM upserted AS u
             WHERE u.created AND u.chat_jid IS NOT NULL
-            ORDER BY u.tenant_id, u.instance_id, u.chat_jid, u.message_ts DESC NULLS LAST
+            ORDER BY u.tenant_id, u.instance_id, u.chat_jid, u.message_ts DESC NULLS LAST,
+                     u.message_id DESC
             ON CONFLICT (tenant_id, instance_id, chat_jid) DO UPDATE SET
-                last_message_id = CASE WHEN EXCLUDED.last_message_ts
-                                            >= coalesce(c.last_message_ts,
-                                                        '-infinity'::timestamptz)
+                -- the latest message; of messages of the same second (WhatsApp timestamps are
+                -- whole seconds) the greatest id, so that any delivery order gives the same
+                last_message_id = CASE WHEN (EXCLUDED.last_message_ts, EXCLUDED.last_message_id)
+                                            > (coalesce(c.last_message_ts,
+                                                        '-infinity'::timestamptz),
+                                               coalesce(c.last_message_id, ''))
                                        THEN EXCLUDED.last_message_id
                                        ELSE c.last_message_id END,
                 last_message_ts = GREATEST(c.last_message_ts, EXCLUDED.last_message_ts),
