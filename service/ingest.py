@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections import deque
@@ -294,6 +295,8 @@ class Batcher:
                 committed = await writer.write(ops)
             except TRANSIENT_ERRORS as exc:
                 log.info("batch of %d: %s; writing it again", len(batch), exc.__class__.__name__)
+                # a moment apart, so that the other side of a deadlock commits first
+                await asyncio.sleep(random.uniform(0.005, 0.05))
                 committed = await writer.write(ops)
         except db.UNAVAILABLE_ERRORS as exc:
             writer.reset()
@@ -320,6 +323,7 @@ class Batcher:
                 try:
                     committed = await writer.write(item.ops)
                 except TRANSIENT_ERRORS:
+                    await asyncio.sleep(random.uniform(0.005, 0.05))
                     committed = await writer.write(item.ops)
             except db.UNAVAILABLE_ERRORS as exc:
                 writer.reset()
