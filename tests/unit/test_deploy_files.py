@@ -55,6 +55,23 @@ def test_compose_services_use_real_commands() -> None:
     assert "8000:8000" in services["server"]["ports"]
 
 
+def test_compose_writes_no_secret_and_hands_each_service_only_its_own() -> None:
+    text = (ROOT / "compose.yaml").read_text()
+    compose = yaml.safe_load(text)
+    services = compose["services"]
+    # every secret comes from the environment (.env), and must be set: ${NAME:?...}
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith(
+        "${POSTGRES_PASSWORD:?"
+    )
+    assert "--requirepass" in services["redis"]["command"]
+    for name in ("migrate", "server", "worker"):
+        env = services[name]["environment"]
+        assert "${POSTGRES_PASSWORD:?" in env["SENSE_DATABASE_URL"]
+        assert "${REDIS_PASSWORD:?" in env["SENSE_REDIS_URL"]
+        assert ("SENSE_ADMIN_TOKEN" in env) is (name == "server"), name
+    assert "sense:sense@" not in text
+
+
 def test_prometheus_example_scrapes_metrics() -> None:
     config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     job = config["scrape_configs"][0]
