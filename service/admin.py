@@ -136,6 +136,37 @@ async def add_instance(
     return InstanceCreated(str(instance_id), str(t["tenant_id"]), str(s["source_id"]), name)
 
 
+class ApikeySet(msgspec.Struct):
+    instance: str
+    source: str
+    has_apikey: bool
+    require_apikey: bool | None
+
+
+async def set_apikey(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    source: str,
+    name: str,
+    apikey: str | None,
+    require_apikey: bool | None = None,
+) -> ApikeySet:
+    """Replace an instance's apikey (None: no key registered) and its require_apikey (None:
+    the source's default); the old key is refused from the next request on."""
+    if require_apikey and not apikey:
+        raise AdminError(422, "invalid_body", "require_apikey needs the instance's apikey")
+    s = await _find(conn, "sources", source)
+    updated = await conn.fetchval(
+        db.q("set_instance_apikey"),
+        s["source_id"],
+        name,
+        digest(apikey) if apikey else None,
+        require_apikey,
+    )
+    if updated is None:
+        raise AdminError(404, "not_found", f"no instance {name!r} on source {source!r}")
+    return ApikeySet(name, str(s["source_id"]), bool(apikey), require_apikey)
+
+
 class TokenRotated(msgspec.Struct):
     token: str
 

@@ -48,6 +48,11 @@ class InstanceIn(msgspec.Struct):
     require_apikey: bool | None = None
 
 
+class ApikeyIn(msgspec.Struct):
+    apikey: str | None = None
+    require_apikey: bool | None = None
+
+
 class RotateSecretIn(msgspec.Struct):
     overlap_seconds: float = 3600
 
@@ -125,6 +130,12 @@ async def _create_instance(s: Services, body: InstanceIn) -> Any:
     return created
 
 
+async def _set_apikey(s: Services, body: ApikeyIn, ref: str, name: str) -> Any:
+    changed = await admin.set_apikey(s.pool, ref, name, body.apikey, body.require_apikey)
+    await s.registry.load(s.pool)
+    return changed
+
+
 async def _rotate_token(s: Services, body: Empty, ref: str) -> Any:
     rotated = await admin.rotate_token(s.pool, ref)
     await s.registry.load(s.pool)
@@ -164,6 +175,11 @@ def routes() -> list[Route]:
         Route(
             "/api/admin/quarantine/replay",
             _admin_route(ReplayIn, _replay, status=200),
+            methods=["POST"],
+        ),
+        Route(
+            "/api/admin/sources/{ref}/instances/{name:path}/apikey",
+            _admin_route(ApikeyIn, _set_apikey, status=200),
             methods=["POST"],
         ),
         Route(

@@ -145,6 +145,15 @@ def cmd_instance_add(env: Environment, args: argparse.Namespace) -> int:
     return _admin_call(env, action)
 
 
+def cmd_instance_set_apikey(env: Environment, args: argparse.Namespace) -> int:
+    return _admin_call(
+        env,
+        lambda conn: admin.set_apikey(
+            conn, args.source, args.name, args.apikey, args.require_apikey
+        ),
+    )
+
+
 def cmd_quarantine_list(env: Environment, args: argparse.Namespace) -> int:
     async def action(conn: Any) -> Any:
         retention = env.settings.quarantine_retention_days
@@ -477,6 +486,19 @@ def parser() -> argparse.ArgumentParser:
     )
     i_add.add_argument("name")
     i_add.set_defaults(func=cmd_instance_add)
+    i_key = instance.add_parser(
+        "set-apikey", help="replace the instance's apikey (without --apikey: none registered)"
+    )
+    i_key.add_argument("--source", required=True)
+    i_key.add_argument("--apikey")
+    i_key.add_argument(
+        "--require-apikey",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refuse envelopes that present no apikey (default: the source's choice)",
+    )
+    i_key.add_argument("name")
+    i_key.set_defaults(func=cmd_instance_set_apikey)
 
     quarantine = sub.add_parser("quarantine").add_subparsers(dest="action", required=True)
     q_list = quarantine.add_parser("list", help="events of unknown instances")

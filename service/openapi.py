@@ -127,6 +127,13 @@ def _envelope(data_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"oneOf": branches}
 
 
+def _admin_parameters(path: str) -> list[dict[str, Any]]:
+    found = [_path("ref", "id or name")]
+    if "{name}" in path:
+        found.append(_path("name", "the instance name"))
+    return found
+
+
 @cache
 def document() -> dict[str, Any]:
     resource_types = [
@@ -140,6 +147,7 @@ def document() -> dict[str, Any]:
         admin.SourceCreated,
         admin.InstanceCreated,
         admin.TokenRotated,
+        admin.ApikeySet,
         admin.SecretRotated,
         admin.Revoked,
         Replayed,
@@ -342,6 +350,12 @@ def document() -> dict[str, Any]:
             ["tenant", "source", "name"],
             201,
         ),
+        "/api/admin/sources/{ref}/instances/{name}/apikey": (
+            "ApikeySet",
+            {"apikey": {"type": ["string", "null"]}, "require_apikey": require},
+            [],
+            200,
+        ),
         "/api/admin/tenants/{ref}/rotate-token": ("TokenRotated", {}, [], 200),
         "/api/admin/tenants/{ref}/revoke-token": ("Revoked", {}, [], 200),
         "/api/admin/sources/{ref}/rotate-secret": (
@@ -370,7 +384,7 @@ def document() -> dict[str, Any]:
             "post": {
                 "summary": "Admin: " + path.removeprefix("/api/admin/"),
                 "security": _BEARER,
-                **({"parameters": [_path("ref", "id or name")]} if "{ref}" in path else {}),
+                **({"parameters": _admin_parameters(path)} if "{ref}" in path else {}),
                 "requestBody": {
                     "required": bool(required),
                     "content": {
@@ -392,15 +406,16 @@ def document() -> dict[str, Any]:
             }
         }
     # an instance that requires an apikey must be given one
-    body = paths["/api/admin/instances"]["post"]["requestBody"]["content"]["application/json"]
-    body["schema"]["if"] = {
-        "properties": {"require_apikey": {"const": True}},
-        "required": ["require_apikey"],
-    }
-    body["schema"]["then"] = {
-        "properties": {"apikey": {"type": "string", "minLength": 1}},
-        "required": ["apikey"],
-    }
+    for path in ("/api/admin/instances", "/api/admin/sources/{ref}/instances/{name}/apikey"):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]
+        body["schema"]["if"] = {
+            "properties": {"require_apikey": {"const": True}},
+            "required": ["require_apikey"],
+        }
+        body["schema"]["then"] = {
+            "properties": {"apikey": {"type": "string", "minLength": 1}},
+            "required": ["apikey"],
+        }
     # Every API route answers 503 + Retry-After while Postgres (or Redis) is unreachable.
     for path, operations in paths.items():
         for operation in operations.values():

@@ -37,3 +37,8 @@ UPDATE tenants SET token_hash = $2 WHERE name = $1
 
 -- name: demo_reset_source_secret
 UPDATE sources SET secret_hash = $2 WHERE name = $1
+
+-- name: set_instance_apikey
+UPDATE instances SET apikey_hash = $3, require_apikey = $4
+WHERE source_id = $1 AND name = $2
+RETURNING instance_id

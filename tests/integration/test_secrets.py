@@ -148,3 +148,25 @@ async def test_admin_edges_answer_4xx_never_500(client: httpx.AsyncClient) -> No
         headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
     )
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+
+
+async def test_an_instance_apikey_is_replaced_and_the_old_one_refused_at_once(
+    deployment: Deployment,
+) -> None:
+    assert (await deployment.instance("acme", "evo", "rekey", apikey="K-OLD")).status_code == 201
+    assert (await deployment.post({**upsert("rekey", "RK1"), "apikey": "K-OLD"})).status_code == 200
+    r = await deployment.admin(
+        "/api/admin/sources/evo/instances/rekey/apikey", {"apikey": "K-NEW", "require_apikey": True}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "instance": "rekey",
+        "source": r.json()["source"],
+        "has_apikey": True,
+        "require_apikey": True,
+    }
+    for key, expected in (("K-OLD", 401), (None, 401), ("K-NEW", 200)):
+        r = await deployment.post({**upsert("rekey", f"RK-{key}"), "apikey": key})
+        assert r.status_code == expected, (key, r.text)
+    r = await deployment.admin("/api/admin/sources/evo/instances/nobody/apikey", {"apikey": "x"})
+    assert r.status_code == 404
