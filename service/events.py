@@ -8,6 +8,7 @@ learned, chats, groups, instance state / QR, and other events kept as received.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,37 @@ class OverLimit(PayloadError):
 
 MAX_ID_CHARS = 255  # message ids (key.id): WhatsApp's are 16-40 characters
 MAX_NAME_CHARS = 255  # instance names, as they are keyed in the registry and quarantine
+# JIDs key chats, contacts, groups and the @lid map and are indexed on messages: past a few
+# thousand bytes no index can hold them. WhatsApp's are under 50 characters.
+MAX_JID_CHARS = 255
+# A message's text (or an edit's) is indexed for search, and a tsvector holds at most 1 MB:
+# WhatsApp's own limit on a message keeps every text far below that (a few hundred KB at worst).
+MAX_TEXT_CHARS = 65_536
+# no message id has one, and the read API, which names the id in a URL path, cannot route a
+# line break
+_CONTROL = re.compile("[\x01-\x1f\x7f]")
+
+
+def _jid(jid: str | None, what: str) -> str | None:
+    """A JID as a row keeps it: OverLimit past MAX_JID_CHARS, PayloadError with NUL (which
+    Postgres text cannot hold, and which no JID has: removing it would name someone else)."""
+    if jid is not None:
+        if len(jid) > MAX_JID_CHARS:
+            raise OverLimit(f"{what} longer than {MAX_JID_CHARS} characters")
+        if "\x00" in jid:
+            raise PayloadError(f"{what} contains NUL")
+    return jid
+
+
+def _pair_fits(lid: str, phone: str) -> bool:
+    """An @lid <-> phone pair is a bonus: one with a JID that could not be kept is not
+    learned (see ``_jid``)."""
+    return (
+        len(lid) <= MAX_JID_CHARS
+        and len(phone) <= MAX_JID_CHARS
+        and "\x00" not in lid
+        and "\x00" not in phone
+    )
 
 
 def status_rank(value: str | int | None) -> int | None:
@@ -72,6 +104,13 @@ def _clean(text: str | None) -> str | None:
     if text is None:
         return None
     return text.replace("\x00", "") if "\x00" in text else text
+
+
+def _text(text: str | None) -> str | None:
+    """A message's or an edit's text as stored: OverLimit past MAX_TEXT_CHARS, NUL removed."""
+    if text is not None and len(text) > MAX_TEXT_CHARS:
+        raise OverLimit(f"message text longer than {MAX_TEXT_CHARS} characters")
+    return _clean(text)
 
 
 def _timestamp(value: p.Int64) -> datetime | None:
@@ -116,14 +155,22 @@ class EventBuilder:
             from_me,
             self.owner,
         )
+        _jid(chat_jid, "chat JID")
+        _jid(sender_jid, "sender JID")
         for lid, phone in pairs:
-            self.ops.lid_pairs.append((self.inst.tenant_id, lid, phone))
+            if _pair_fits(lid, phone):
+                self.ops.lid_pairs.append((self.inst.tenant_id, lid, phone))
         return chat_jid, chat_type, sender_jid, sender_phone
 
     def _op(self, message_id: str) -> MessageOp:
         if len(message_id) > MAX_ID_CHARS:
             raise OverLimit(f"message id longer than {MAX_ID_CHARS} characters")
-        op = MessageOp(self.inst.tenant_id, self.inst.instance_id, _clean(message_id) or "")
+        message_id = _clean(message_id) or ""
+        if not message_id:  # it was NUL only: nothing could read it back
+            raise PayloadError("message id is empty once its NUL characters are removed")
+        if _CONTROL.search(message_id):  # the read API names it in a URL path
+            raise PayloadError("message id contains a control character")
+        op = MessageOp(self.inst.tenant_id, self.inst.instance_id, message_id)
         self.ops.messages.append(op)
         return op
 
@@ -185,7 +232,7 @@ class EventBuilder:
         op.from_me = from_me
         op.push_name = _clean(_str(data.push_name))
         op.type = kind
-        op.text = _clean(text)
+        op.text = _text(text)
         op.quoted_message_id = _clean(quoted_message_id(data, m))
         # no timestamp at all: file it at arrival time, so it still sorts
         op.message_ts = ts or datetime.fromtimestamp(self.received_ms / 1000, UTC)
@@ -209,7 +256,7 @@ class EventBuilder:
             op = self._op(target)
             op.edit_ts = edit_time(proto.timestamp_ms)
             if proto.edited_message is not None:
-                op.edited_text = _clean(describe(unwrap(proto.edited_message))[1])
+                op.edited_text = _text(describe(unwrap(proto.edited_message))[1])
 
     def update(self, upd: p.MessageUpdate) -> None:
         target = upd.key_id or (upd.key.id if upd.key is not None else None)
@@ -231,7 +278,7 @@ class EventBuilder:
             text = describe(inner)[1]
             if text is not None:
                 op = self._op(target)
-                op.edit_ts, op.edited_text = edit_time(when), _clean(text)
+                op.edit_ts, op.edited_text = edit_time(when), _text(text)
                 return
         rank = status_rank(status)
         # "DELETED" here is how 2.3.0-2.3.4 report an edit (#2010); real deletes come as
@@ -252,15 +299,15 @@ class EventBuilder:
     # the rest ---------------------------------------------------------------------------
 
     def contact(self, c: p.ContactData) -> None:
-        jid = normalize_jid(c.remote_jid or c.jid or c.id)
+        jid = _jid(normalize_jid(c.remote_jid or c.jid or c.id), "contact JID")
         if jid is None:
             return
         kind = jid_kind(jid)
         phone = normalize_jid(c.phone_number)
         lid = normalize_jid(c.lid)
-        if kind == "lid" and phone and jid_kind(phone) == "user":
+        if kind == "lid" and phone and jid_kind(phone) == "user" and _pair_fits(jid, phone):
             self.ops.lid_pairs.append((self.inst.tenant_id, jid, phone))
-        elif kind == "user" and lid and jid_kind(lid) == "lid":
+        elif kind == "user" and lid and jid_kind(lid) == "lid" and _pair_fits(lid, jid):
             self.ops.lid_pairs.append((self.inst.tenant_id, lid, jid))
         self.ops.contacts.append(
             (
@@ -281,7 +328,7 @@ class EventBuilder:
             unread = p.as_int32(c.unread_messages)
             if unread is None:
                 unread = p.as_int32(c.unread_count)
-        if jid is None:
+        if _jid(jid, "chat JID") is None:
             return
         self.ops.chats.append(
             (
@@ -299,7 +346,7 @@ class EventBuilder:
         """Keep the @lid <-> phone pair one object names (a participant, an author)."""
         lid = next((j for j in map(normalize_jid, candidates) if jid_kind(j) == "lid"), None)
         phone = next((j for j in map(normalize_jid, phones) if jid_kind(j) == "user"), None)
-        if lid is not None and phone is not None:
+        if lid is not None and phone is not None and _pair_fits(lid, phone):
             self.ops.lid_pairs.append((self.inst.tenant_id, lid, phone))
 
     def participants(self, people: list[p.GroupParticipant | str] | None) -> None:
@@ -321,7 +368,7 @@ class EventBuilder:
     def group(self, raw: msgspec.Raw) -> None:
         meta = p.decode_data(raw, p.GroupMetadata)
         self.participants(meta.participants)
-        jid = normalize_jid(meta.id)
+        jid = _jid(normalize_jid(meta.id), "group JID")
         if jid is None:
             return
         self.ops.groups.append(
@@ -335,16 +382,17 @@ class EventBuilder:
         )
 
     def connection(self, c: p.ConnectionUpdate) -> None:
-        if not c.state:
+        state = _clean(c.state)
+        if not state:
             return
         reason = p.as_int32(c.status_reason)
         self.ops.instance_states.append(
             (
                 self.inst.tenant_id,
                 self.inst.instance_id,
-                c.state,
+                state,
                 reason,
-                normalize_jid(c.wuid),
+                _jid(normalize_jid(c.wuid), "wuid"),
                 _clean(_str(c.profile_name)),
             )
         )
@@ -355,7 +403,13 @@ class EventBuilder:
             return
         qr = q.qrcode
         self.ops.qrcodes.append(
-            (self.inst.tenant_id, self.inst.instance_id, qr.code, qr.base64, qr.pairing_code)
+            (
+                self.inst.tenant_id,
+                self.inst.instance_id,
+                _clean(qr.code),
+                _clean(qr.base64),
+                _clean(qr.pairing_code),
+            )
         )
 
     def event(self, raw: msgspec.Raw) -> None:
@@ -477,6 +531,10 @@ class Built:
 
 def build_ops(envelope: p.Envelope, instance: Instance, received_ms: int | None = None) -> Built:
     """The rows one envelope writes under ``instance``; PayloadError if ``data`` is unusable."""
+    if "\x00" in envelope.event:
+        # kept events keep their name as text, which cannot hold NUL (as the webhook does, so
+        # a replayed event and a live one carry the same name)
+        envelope.event = envelope.event.replace("\x00", "\ufffd")
     event = canonical_event(envelope.event)
     builder = EventBuilder(instance, envelope, received_ms or int(time.time() * 1000))
     if event in IGNORED:

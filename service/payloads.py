@@ -391,8 +391,13 @@ def without_inline_media(body: bytes) -> bytes:
     if b'"base64"' not in body:
         return body
     try:
-        doc = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+        try:
+            doc = msgspec.json.decode(body)
+        except UnicodeDecodeError:
+            # invalid UTF-8 in a field no decoder reads (where one reads, the event was refused
+            # before it got here): those bytes become U+FFFD, the media goes all the same
+            doc = msgspec.json.decode(body.decode("utf-8", "replace"))
+    except (msgspec.DecodeError, RecursionError):
         return body
     data = doc.get("data") if isinstance(doc, dict) else None
     items = list(data) if isinstance(data, list) else [data]
