@@ -385,7 +385,7 @@ def run_python_burst(
                 for n in counter:
                     t = pool[n % len(pool)]
                     own = traffic.message_id(tag, thread, n)
-                    rid = f"{t.kind}:{t.instance}:{own}"
+                    rid = f"{t.kind}.{t.instance}.{own}"  # what the server echoes as is
                     path = f"{prefix}{secrets_by_index[t.instance]}/{t.event.replace('.', '-')}"
                     body = traffic.expand(t.body, tag, thread, n)
                     try:

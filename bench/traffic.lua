@@ -10,7 +10,7 @@
 --
 -- Each thread cycles through the pool with its own counter; "@R<n>@" in a template becomes the
 -- id of the message this thread sent n requests earlier, so ids never repeat and receipts refer
--- to real messages. Each request carries X-Request-Id "<kind>:<instance>:<id>", which the server
+-- to real messages. Each request carries X-Request-Id "<kind>.<instance>.<id>", which the server
 -- echoes: a response callback learns nothing else about its request, and the 0-lost check in
 -- bench/load.py must work on exactly the ids that were acknowledged.
 
@@ -131,7 +131,7 @@ function request()
   for i = #parts + 1, #pieces do
     pieces[i] = nil
   end
-  headers["X-Request-Id"] = t.kind .. ":" .. t.ii .. ":" .. own
+  headers["X-Request-Id"] = t.kind .. "." .. t.ii .. "." .. own
   counter = counter + 1
   return wrk.format("POST", t.path, headers, table.concat(pieces))
 end
@@ -143,7 +143,7 @@ function response(status, hdrs, body)
   end
   local rid = hdrs["x-request-id"] or hdrs["X-Request-Id"]
   if rid and rid:byte(1) == 109 then -- "m": a message was acknowledged
-    local ii, id = rid:match("^m:(%d+):(.+)$")
+    local ii, id = rid:match("^m%.(%d+)%.(.+)$")
     acked[#acked + 1] = names[tonumber(ii)] .. "\t" .. id
   end
 end

@@ -173,7 +173,7 @@ impl Gen {
         let head = format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
              Accept: application/json, text/plain, */*\r\nUser-Agent: axios/1.12.2\r\n\
-             X-Request-Id: {}:{}:{}\r\nContent-Length: {}\r\n\r\n",
+             X-Request-Id: {}.{}.{}\r\nContent-Length: {}\r\n\r\n",
             t.path,
             self.host,
             t.kind as char,
@@ -328,7 +328,7 @@ async fn run(args: Args, names: Vec<String>, pool: Vec<Template>) {
                 let latency_us = due.elapsed().as_micros() as u64;
                 let outcome = match result {
                     Ok((status, echo)) => {
-                        let wanted = format!("{}:{}:{}", t.kind as char, t.instance, own);
+                        let wanted = format!("{}.{}.{}", t.kind as char, t.instance, own);
                         // 2xx for a message whose echo names it: acknowledged. An echo that
                         // names another request would mean responses crossed: never count it.
                         let acked = ((200..300).contains(&status)
