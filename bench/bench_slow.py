@@ -28,17 +28,22 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.bench_ws import OUT, machine, pct, register, start_server, start_services
+from bench.bench_ws import (
+    OUT,
+    machine,
+    pct,
+    register,
+    start_server,
+    start_services,
+    stop_all,
+)
 
 BEFORE = {
     "SENSE_HEADER_TIMEOUT_SECONDS": "30",
@@ -202,14 +207,7 @@ def main() -> int:
             proc.join(30)
             if proc.is_alive():
                 proc.kill()
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                server.wait(30)
-            if server.poll() is None:
-                server.kill()
-        redis_server.stop()
-        postgres.stop()
+        stop_all(server, redis_server, postgres)
         shutil.rmtree(tmp, ignore_errors=True)
     samples = held["open_samples"]
     report = {

@@ -124,6 +124,18 @@ def start_server(
     raise SystemExit("server not ready in 60 s")
 
 
+def stop_all(server: Any, redis_server: Any, postgres: Any) -> None:
+    """SIGTERM the server (SIGKILL after 30 s), then stop Redis and Postgres."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            server.wait(30)
+        if server.poll() is None:
+            server.kill()
+    redis_server.stop()
+    postgres.stop()
+
+
 def register(url: str, tenants: int) -> tuple[str, list[str], str]:
     """Tenant 0 is measured; the others host the idle clients. Returns (hook, tokens, token0)."""
     admin = {"Authorization": f"Bearer {ADMIN}"}
@@ -386,14 +398,7 @@ def main() -> int:
             p.join(10)
             if p.is_alive():
                 p.kill()
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                server.wait(30)
-            if server.poll() is None:
-                server.kill()
-        redis_server.stop()
-        postgres.stop()
+        stop_all(server, redis_server, postgres)
         deadlocks = 0
         with suppress(OSError):
             deadlocks = (tmp / "pg" / "log").read_text(errors="replace").count("deadlock detected")

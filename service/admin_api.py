@@ -5,6 +5,7 @@ process's map at once (others follow by NOTIFY), so it holds from the very next 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -110,54 +111,33 @@ def _admin_route(kind: type[Any], action: Any, status: int = 201) -> Any:
     return handler
 
 
-async def _create_tenant(s: Services, body: TenantIn) -> Any:
-    created = await admin.create_tenant(s.pool, body.name)
-    await s.registry.load(s.pool)
-    return created
+# Each registry change: the admin operation, then this process's map reloaded at once (the
+# others follow by NOTIFY), so the change holds from this process's very next request.
+def _registry_change(operation: Callable[..., Awaitable[Any]]) -> Any:
+    async def action(s: Services, body: Any, **path: str) -> Any:
+        done = await operation(s.pool, body, **path)
+        await s.registry.load(s.pool)
+        return done
+
+    return action
 
 
-async def _create_source(s: Services, body: SourceIn) -> Any:
-    created = await admin.create_source(s.pool, body.name, body.require_apikey)
-    await s.registry.load(s.pool)
-    return created
-
-
-async def _create_instance(s: Services, body: InstanceIn) -> Any:
-    created = await admin.add_instance(
-        s.pool, body.tenant, body.source, body.name, body.apikey, body.require_apikey
-    )
-    await s.registry.load(s.pool)
-    return created
-
-
-async def _set_apikey(s: Services, body: ApikeyIn, ref: str, name: str) -> Any:
-    changed = await admin.set_apikey(s.pool, ref, name, body.apikey, body.require_apikey)
-    await s.registry.load(s.pool)
-    return changed
-
-
-async def _rotate_token(s: Services, body: Empty, ref: str) -> Any:
-    rotated = await admin.rotate_token(s.pool, ref)
-    await s.registry.load(s.pool)
-    return rotated
-
-
-async def _revoke_token(s: Services, body: Empty, ref: str) -> Any:
-    revoked = await admin.revoke_token(s.pool, ref)
-    await s.registry.load(s.pool)
-    return revoked
-
-
-async def _rotate_secret(s: Services, body: RotateSecretIn, ref: str) -> Any:
-    rotated = await admin.rotate_secret(s.pool, ref, body.overlap_seconds)
-    await s.registry.load(s.pool)
-    return rotated
-
-
-async def _revoke_secret(s: Services, body: Empty, ref: str) -> Any:
-    revoked = await admin.revoke_secret(s.pool, ref)
-    await s.registry.load(s.pool)
-    return revoked
+_create_tenant = _registry_change(lambda pool, b: admin.create_tenant(pool, b.name))
+_create_source = _registry_change(
+    lambda pool, b: admin.create_source(pool, b.name, b.require_apikey)
+)
+_create_instance = _registry_change(
+    lambda pool, b: admin.add_instance(pool, b.tenant, b.source, b.name, b.apikey, b.require_apikey)
+)
+_set_apikey = _registry_change(
+    lambda pool, b, ref, name: admin.set_apikey(pool, ref, name, b.apikey, b.require_apikey)
+)
+_rotate_token = _registry_change(lambda pool, b, ref: admin.rotate_token(pool, ref))
+_revoke_token = _registry_change(lambda pool, b, ref: admin.revoke_token(pool, ref))
+_rotate_secret = _registry_change(
+    lambda pool, b, ref: admin.rotate_secret(pool, ref, b.overlap_seconds)
+)
+_revoke_secret = _registry_change(lambda pool, b, ref: admin.revoke_secret(pool, ref))
 
 
 async def _replay(s: Services, body: ReplayIn) -> Any:

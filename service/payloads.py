@@ -384,20 +384,27 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def lenient_document(body: bytes) -> Any:
+    """``body`` as plain JSON values for a copy kept aside (quarantine), or None if it is not
+    JSON. Invalid UTF-8 in a field no decoder reads (where one reads, the event was refused
+    before it got here) becomes U+FFFD."""
+    try:
+        try:
+            return msgspec.json.decode(body)
+        except UnicodeDecodeError:
+            return msgspec.json.decode(body.decode("utf-8", "replace"))
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
 def without_inline_media(body: bytes) -> bytes:
     """``body`` with the inline media of every message it carries set to null
     (``message.base64`` of ``data``, of each item of an array ``data`` such as messages.set, and
     of v1's ``{"messages": [...]}``), for the copies kept in quarantine; anything else as is."""
     if b'"base64"' not in body:
         return body
-    try:
-        try:
-            doc = msgspec.json.decode(body)
-        except UnicodeDecodeError:
-            # invalid UTF-8 in a field no decoder reads (where one reads, the event was refused
-            # before it got here): those bytes become U+FFFD, the media goes all the same
-            doc = msgspec.json.decode(body.decode("utf-8", "replace"))
-    except (msgspec.DecodeError, RecursionError):
+    doc = lenient_document(body)
+    if doc is None:
         return body
     data = doc.get("data") if isinstance(doc, dict) else None
     items = list(data) if isinstance(data, list) else [data]

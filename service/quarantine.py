@@ -29,7 +29,7 @@ import asyncpg
 import msgspec
 
 from service import db
-from service.payloads import without_inline_media
+from service.payloads import lenient_document, without_inline_media
 from service.resolve import digest
 
 log = logging.getLogger("sense.quarantine")
@@ -43,14 +43,8 @@ def kept_copy(body: bytes) -> tuple[bytes, bytes | None]:
     body = without_inline_media(body)
     if b'"apikey"' not in body:
         return body, None
-    try:
-        try:
-            doc = msgspec.json.decode(body)
-        except UnicodeDecodeError:
-            doc = msgspec.json.decode(body.decode("utf-8", "replace"))
-    except (msgspec.DecodeError, RecursionError):
-        return body, None  # not an envelope: nothing a replay could file anyway
-    if not isinstance(doc, dict) or "apikey" not in doc:
+    doc = lenient_document(body)
+    if not isinstance(doc, dict) or "apikey" not in doc:  # (None: not JSON, nothing to file)
         return body, None
     key = doc.pop("apikey")
     presented = digest(key) if isinstance(key, str) and key and key != NO_KEY else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from starlette.applications import Starlette
 
 from service.app import create_app
+from service.resolve import Instance
 from service.settings import load_settings
 
 ADMIN = "admin-token-for-tests"
@@ -154,3 +156,21 @@ def status_update(instance: str, message_id: str, status: str) -> dict[str, Any]
         "sender": "5511900000001@s.whatsapp.net",
         "apikey": None,
     }
+
+
+async def registered_instance(conn: asyncpg.Connection) -> Instance:
+    """Tenant "t", source "s" and instance "i", written straight to the tables (no server)."""
+    tenant, source, instance = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO tenants (tenant_id, name, token_hash) VALUES ($1, 't', $2)", tenant, b"t"
+    )
+    await conn.execute(
+        "INSERT INTO sources (source_id, name, secret_hash) VALUES ($1, 's', $2)", source, b"s"
+    )
+    await conn.execute(
+        "INSERT INTO instances (tenant_id, instance_id, source_id, name) VALUES ($1, $2, $3, 'i')",
+        tenant,
+        instance,
+        source,
+    )
+    return Instance(tenant, instance, source, "i", None)

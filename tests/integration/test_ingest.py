@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import asyncpg
 import msgspec
@@ -13,24 +12,7 @@ from service import payloads
 from service.events import build_ops
 from service.ingest import Batcher, Overloaded, Unavailable, Writer
 from service.resolve import Instance
-from tests.integration.conftest import status_update, upsert
-
-
-async def _instance(conn: asyncpg.Connection) -> Instance:
-    tenant, source, instance = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO tenants (tenant_id, name, token_hash) VALUES ($1, 't', $2)", tenant, b"t"
-    )
-    await conn.execute(
-        "INSERT INTO sources (source_id, name, secret_hash) VALUES ($1, 's', $2)", source, b"s"
-    )
-    await conn.execute(
-        "INSERT INTO instances (tenant_id, instance_id, source_id, name) VALUES ($1, $2, $3, 'i')",
-        tenant,
-        instance,
-        source,
-    )
-    return Instance(tenant, instance, source, "i", None)
+from tests.integration.conftest import registered_instance, status_update, upsert
 
 
 def _ops(instance: Instance, body: dict[str, object]):  # type: ignore[no-untyped-def]
@@ -42,7 +24,7 @@ def _ops(instance: Instance, body: dict[str, object]):  # type: ignore[no-untype
 async def test_every_submitted_request_is_committed_once(
     conn: asyncpg.Connection, database_url: str, flushers: int
 ) -> None:
-    instance = await _instance(conn)
+    instance = await registered_instance(conn)
     batcher = Batcher(
         [Writer(database_url, 5) for _ in range(flushers)],
         max_queued=10_000,
@@ -75,7 +57,7 @@ async def test_every_submitted_request_is_committed_once(
 async def test_settled_waits_for_what_was_submitted_before(
     conn: asyncpg.Connection, database_url: str
 ) -> None:
-    instance = await _instance(conn)
+    instance = await registered_instance(conn)
     batcher = Batcher(
         [Writer(database_url, 5), Writer(database_url, 5)],
         max_queued=10_000,
@@ -104,7 +86,7 @@ async def test_settled_waits_for_what_was_submitted_before(
 async def test_bodies_held_past_the_byte_cap_are_refused_not_buffered(
     conn: asyncpg.Connection, database_url: str
 ) -> None:
-    instance = await _instance(conn)
+    instance = await registered_instance(conn)
     batcher = Batcher(
         [Writer(database_url, 5)],
         max_queued=100,

@@ -22,7 +22,13 @@ from service.events import build_ops
 from service.ingest import Batcher, Writer
 from service.resolve import Instance
 from service.rows import Committed, Ops
-from tests.integration.conftest import Deployment, running_app, status_update, upsert
+from tests.integration.conftest import (
+    Deployment,
+    registered_instance,
+    running_app,
+    status_update,
+    upsert,
+)
 from tests.integration.polling import eventually
 
 WRITER_WAITS_FOR_A_LOCK = (
@@ -155,23 +161,6 @@ async def test_a_row_postgres_rejects_is_quarantined_and_the_rest_of_its_batch_i
 # 1b --------------------------------------------------------------------------------------
 
 
-async def _instance(conn: asyncpg.Connection) -> Instance:
-    tenant, source, instance = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO tenants (tenant_id, name, token_hash) VALUES ($1, 't', $2)", tenant, b"t"
-    )
-    await conn.execute(
-        "INSERT INTO sources (source_id, name, secret_hash) VALUES ($1, 's', $2)", source, b"s"
-    )
-    await conn.execute(
-        "INSERT INTO instances (tenant_id, instance_id, source_id, name) VALUES ($1, $2, $3, 'i')",
-        tenant,
-        instance,
-        source,
-    )
-    return Instance(tenant, instance, source, "i", None)
-
-
 def _ops(instance: Instance, *bodies: dict[str, Any]) -> Ops:
     ops = Ops()
     for body in bodies:
@@ -206,7 +195,7 @@ class Records(logging.Handler):
 async def test_a_deadlocked_batch_is_written_again_and_stored(
     conn: asyncpg.Connection, database_url: str
 ) -> None:
-    instance = await _instance(conn)
+    instance = await registered_instance(conn)
     # the writer checks for a deadlock after 2 s of waiting (time enough for this test to
     # close the cycle), the other transaction only after a minute: the writer is the victim
     separator = "&" if "?" in database_url else "?"
@@ -335,7 +324,7 @@ async def test_a_post_commit_hook_that_raises_loses_nothing_and_later_commits_ru
 async def test_the_batch_byte_cap_splits_batches_and_everything_is_stored(
     conn: asyncpg.Connection, database_url: str
 ) -> None:
-    instance = await _instance(conn)
+    instance = await registered_instance(conn)
     flushed: list[int] = []
     batcher = Batcher(
         [Writer(database_url, 5)],
