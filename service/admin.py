@@ -87,6 +87,11 @@ async def create_source(
     return SourceCreated(str(source_id), name, secret, WEBHOOK_PREFIX + secret)
 
 
+async def find_tenant(conn: Any, ref: str) -> asyncpg.Record:
+    """The tenant named or identified by ``ref`` (404 AdminError if none)."""
+    return await _find(conn, "tenants", ref)
+
+
 async def _find(conn: Any, table: str, ref: str) -> asyncpg.Record:
     id_column = {"tenants": "tenant_id", "sources": "source_id"}[table]
     query = db.q(f"find_{table}")

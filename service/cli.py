@@ -8,11 +8,13 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,45 @@ def cmd_instance_set_apikey(env: Environment, args: argparse.Namespace) -> int:
             conn, args.source, args.name, args.apikey, args.require_apikey
         ),
     )
+
+
+def cmd_reanalyze(env: Environment, args: argparse.Namespace) -> int:
+    from service import reanalyze
+    from workers.provider import analyzer_version
+
+    settings = env.settings
+    if not settings.redis_url:
+        print(
+            "error: SENSE_REDIS_URL is required (the workers take the work from Redis)",
+            file=sys.stderr,
+        )
+        return 1
+
+    async def action(conn: Any) -> Any:
+        tenant_id = None
+        if args.tenant:
+            tenant_id = (await admin.find_tenant(conn, args.tenant))["tenant_id"]
+        since = None
+        if args.since:
+            since = datetime.now(UTC) - parse_duration(args.since)
+        selection = reanalyze.Selection(
+            analyzer_version(settings), tenant_id, since, everything=args.all
+        )
+        send = reanalyze.broker_sender(settings.redis_url or "")
+        marked = await reanalyze.mark_and_send(conn, selection, send)
+        left = 0 if args.no_wait or not marked else await reanalyze.follow(conn, selection, marked)
+        return {"analyzer": selection.analyzer, "marked": marked, "left": left}
+
+    return _admin_call(env, action)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30m``, ``2h``, ``7d`` (or plain seconds)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if match is None:
+        raise SystemExit(f"not a duration: {text!r} (e.g. 30m, 2h, 7d)")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
 
 
 def cmd_quarantine_list(env: Environment, args: argparse.Namespace) -> int:
@@ -508,6 +549,18 @@ def parser() -> argparse.ArgumentParser:
     q_replay.add_argument("--source")
     q_replay.add_argument("--instance")
     q_replay.set_defaults(func=cmd_quarantine_replay)
+
+    re_p = sub.add_parser(
+        "reanalyze",
+        help="re-score stored messages with the current analyzers (in the workers, progress bar)",
+    )
+    re_p.add_argument("--since", help="only messages sent within this long (30m, 2h, 7d)")
+    re_p.add_argument("--tenant", help="only this tenant (name or id)")
+    re_p.add_argument(
+        "--all", action="store_true", help="also what the current analyzer scored already"
+    )
+    re_p.add_argument("--no-wait", action="store_true", help="queue them and return")
+    re_p.set_defaults(func=cmd_reanalyze)
 
     sim = sub.add_parser("simulate", help="post synthetic Evolution traffic to a running server")
     sim.add_argument("--rate", type=float, default=100.0, help="requests per second")

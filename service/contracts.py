@@ -70,6 +70,7 @@ class AnalyzedItem(msgspec.Struct):
     emotion: str | None = None
     satisfaction: int | None = None
     error: str | None = None
+    analyzer: str | None = None
 
 
 class Wire(msgspec.Struct):

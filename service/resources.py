@@ -23,6 +23,7 @@ class Analysis(msgspec.Struct):
     satisfaction: int | None = None
     analyzable: bool = True
     error: str | None = None
+    analyzer: str | None = None  # what produced it, e.g. "local/rules-2026.12+minilm-l6-int8"
 
 
 class Message(msgspec.Struct):
@@ -109,6 +110,7 @@ def message_from_row(r: Any, instance_name: str) -> Message:
         satisfaction=r["satisfaction"],
         analyzable=state != "skipped",
         error=r["analysis_error"],
+        analyzer=r.get("analyzer"),  # (the rows a commit returns do not carry it: not yet)
     )
     edited_text = r["edited_text"]
     return Message(

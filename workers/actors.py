@@ -56,7 +56,7 @@ class RowStore(Protocol):
 
     def load(self, keys: list[Key]) -> list[Row]: ...
 
-    def save(self, results: list[Result]) -> list[Saved]: ...
+    def save(self, results: list[Result], analyzer: str | None = None) -> list[Saved]: ...
 
     def fail(self, keys: list[Key], reason: str) -> list[Key]: ...
 
@@ -139,7 +139,7 @@ class Enrichment:
                 Result(r.key, "done", a.sentiment, a.emotion, a.satisfaction, v)
                 for r, a, v in zip(group, analyses, vectors, strict=True)
             ]
-        saved = self.store.save(results)
+        saved = self.store.save(results, self.provider.version)
         self.announce(
             (
                 s.key,
@@ -148,6 +148,7 @@ class Enrichment:
                     "sentiment": s.sentiment,
                     "emotion": s.emotion,
                     "satisfaction": s.satisfaction,
+                    "analyzer": self.provider.version,
                 },
             )
             for s in saved

@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+MODEL_ID = "minilm-l6"  # recorded in each analysis's version (workers/provider.py)
 DIMENSIONS = 384
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 BATCH_TEXTS = 32

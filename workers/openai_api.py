@@ -108,6 +108,7 @@ class OpenAICompatible:
         )
         self.chat_model = chat_model
         self.embedding_model = embedding_model
+        self.version = f"openai/{chat_model}+{embedding_model}"
         self.max_retries = max_retries
         self.batch_size = batch_size
         self.circuit = circuit or CircuitBreaker(5, 30.0)

@@ -31,6 +31,7 @@ __all__ = [
 
 class Provider(Protocol):
     name: str
+    version: str  # recorded with each analysis (messages.analyzer)
 
     def analyze(self, texts: list[str]) -> list[TextAnalysis]: ...
 
@@ -50,12 +51,27 @@ class LocalProvider:
 
         self.sentiment = Sentiment()
         self.embedder = MiniLM(intra_op_threads, quantize=quantize, cache_dir=cache_dir)
+        self.version = local_version(quantize)
 
     def analyze(self, texts: list[str]) -> list[TextAnalysis]:
         return self.sentiment.analyze_many(texts)
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         return self.embedder.embed(texts)
+
+
+def local_version(quantize: bool) -> str:
+    from workers.embedding import MODEL_ID
+    from workers.sentiment import RULES_VERSION
+
+    return f"local/{RULES_VERSION}+{MODEL_ID}{'-int8' if quantize else ''}"
+
+
+def analyzer_version(settings: Settings) -> str:
+    """What the configured provider records with each analysis, known without loading it."""
+    if settings.ai_provider == "openai":
+        return f"openai/{settings.ai_chat_model}+{settings.ai_embedding_model}"
+    return local_version(settings.ai_local_quantize)
 
 
 def build_provider(settings: Settings) -> Provider:

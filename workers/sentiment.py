@@ -45,6 +45,9 @@ import unicodedata
 
 import msgspec
 
+# Recorded with each analysis (with the embedding model): change it whenever the rules or the
+# lexicon change what a text scores, so that `sense reanalyze` finds what the old ones scored.
+RULES_VERSION = "rules-2026.12"
 NEUTRAL_BAND = 0.05  # VADER's thresholds for the positive / negative labels
 IRONY_FLOOR = 0.3
 COMPLAINT_CEILING = 35

@@ -126,7 +126,9 @@ class Store:
         rows = self._call(self.pool.fetch(db.q("enrich_load"), *_columns(keys)))
         return [Row((r["tenant_id"], r["instance_id"], r["message_id"]), r["text"]) for r in rows]
 
-    def save(self, results: list[Result]) -> list[Saved]:
+    def save(self, results: list[Result], analyzer: str | None = None) -> list[Saved]:
+        """Write ``results`` (rows still pending only), recording ``analyzer`` (the version
+        of what produced them)."""
         if not results:
             return []
         rows = self._call(
@@ -138,6 +140,7 @@ class Store:
                 [r.emotion for r in results],
                 [r.satisfaction for r in results],
                 [vector_literal(r.embedding) if r.embedding is not None else None for r in results],
+                analyzer,
             )
         )
         return [

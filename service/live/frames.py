@@ -81,4 +81,5 @@ def analysis_of(item: AnalyzedItem) -> Analysis:
         satisfaction=item.satisfaction,
         analyzable=item.state != "skipped",
         error=item.error,
+        analyzer=item.analyzer,
     )

@@ -56,6 +56,7 @@ WITH saved AS (
         emotion = u.emotion,
         satisfaction = u.satisfaction,
         analysis_error = NULL,
+        analyzer = $9,
         analyzed_at = now()
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::real[], $6::text[],
                 $7::smallint[])
@@ -123,3 +124,40 @@ SELECT pg_try_advisory_lock($1)
 
 -- name: enrich_unlock
 SELECT pg_advisory_unlock($1)
+
+-- name: reanalyze_count
+-- What `sense reanalyze` would re-score: analysed messages ($2: by another analyzer than $1,
+-- unless $4 = all), of tenant $2 (or all), sent since $3 (or ever).
+SELECT count(*) FROM messages
+WHERE has_content AND analysis_state IN ('done', 'failed')
+  AND ($4 OR analyzer IS DISTINCT FROM $1)
+  AND ($2::uuid IS NULL OR tenant_id = $2)
+  AND ($3::timestamptz IS NULL OR coalesce(message_ts, content_at) >= $3)
+
+-- name: reanalyze_mark
+-- The next batch of them in arrival order after ($5, $6), set pending again: the worker
+-- re-scores them (their old analysis stays readable until the new one is written).
+WITH picked AS (
+    SELECT tenant_id, instance_id, message_id, content_at, seq FROM messages
+    WHERE has_content AND analysis_state IN ('done', 'failed')
+      AND ($4 OR analyzer IS DISTINCT FROM $1)
+      AND ($2::uuid IS NULL OR tenant_id = $2)
+      AND ($3::timestamptz IS NULL OR coalesce(message_ts, content_at) >= $3)
+      AND (content_at, seq) > ($5::timestamptz, $6::bigint)
+    ORDER BY content_at, seq
+    LIMIT $7
+)
+UPDATE messages AS m SET analysis_state = 'pending', analyzer = NULL
+FROM picked AS p
+WHERE m.tenant_id = p.tenant_id AND m.instance_id = p.instance_id
+  AND m.message_id = p.message_id
+RETURNING m.tenant_id, m.instance_id, m.message_id, p.content_at, p.seq
+
+-- name: reanalyze_remaining
+-- Of what a reanalysis set pending (analysed before, so analyzed_at is set; its analyzer
+-- cleared), what is left.
+SELECT count(*) FROM messages
+WHERE has_content AND analysis_state = 'pending' AND analyzed_at IS NOT NULL
+  AND analyzer IS NULL
+  AND ($1::uuid IS NULL OR tenant_id = $1)
+  AND ($2::timestamptz IS NULL OR coalesce(message_ts, content_at) >= $2)

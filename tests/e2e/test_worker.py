@@ -3,6 +3,8 @@ webhooks in, analyses and embeddings out, semantic search answered by the worker
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -97,3 +100,30 @@ def test_webhook_to_analysis_and_semantic_search(
     assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(
         os.getpriority(os.PRIO_PROCESS, 0) + 10, 19
     )
+
+    # a newer analyzer: `sense reanalyze` re-scores what the old one scored, with its bar
+    async def age(ids: tuple[str, ...]) -> None:
+        conn = await asyncpg.connect(clean_db)
+        await conn.execute(
+            "UPDATE messages SET analyzer = 'local/rules-old+minilm-l6' WHERE message_id = ANY($1)",
+            list(ids),
+        )
+        await conn.close()
+
+    asyncio.run(age(("W1", "W2")))
+    out = subprocess.run(
+        # (no --since: the fixture's messages were sent in 2023)
+        [sys.executable, "-m", "service.cli", "reanalyze", "--tenant", "acme"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["marked"] == 2 and summary["left"] == 0
+    assert summary["analyzer"].startswith("local/rules-")
+    assert "reanalyze: re-scored [" in out.stderr and "2/2 (100%)" in out.stderr
+    for mid in ("W1", "W2"):
+        r = httpx.get(f"{server.url}/api/v1/messages/acme-1/{mid}", headers=headers)
+        assert r.json()["analysis"]["analyzer"] == summary["analyzer"]

@@ -222,7 +222,7 @@ class _Rows:
     def load(self, keys: list[Any]) -> list[Any]:
         return [self.row(k, self.texts[k]) for k in keys if self.state.get(k) == "pending"]
 
-    def save(self, results: list[Any]) -> list[Any]:
+    def save(self, results: list[Any], analyzer: str | None = None) -> list[Any]:
         from workers.store import Saved
 
         for r in results:

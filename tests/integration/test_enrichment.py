@@ -505,3 +505,46 @@ async def test_reconciler_walks_from_its_watermark_and_reindexes_what_was_never_
     w11 = await conn.fetchrow("SELECT content_at, seq FROM messages WHERE message_id = 'W11'")
     mark = await conn.fetchrow("SELECT content_at, seq FROM sense_reconcile")
     assert (mark["content_at"], mark["seq"]) == (w11["content_at"], w11["seq"])
+
+
+async def test_each_analysis_records_its_analyzer_and_reanalyze_rescores_older_ones(
+    deployment: Deployment,
+    worker: WorkerProcess,
+    conn: asyncpg.Connection,
+    redis_url: str,
+    local: LocalProvider,
+) -> None:
+    from service.reanalyze import Selection, broker_sender, follow, mark_and_send
+
+    for i in range(4):
+        await deployment.post(upsert("acme-main", f"RA{i}", "Adorei o atendimento, obrigado!"))
+    for i in range(4):
+        analysis = await _done(deployment, "acme", "acme-main", f"RA{i}")
+        assert analysis["analyzer"] == local.version
+    # two of them scored by an older analyzer (as if before an upgrade), with other scores
+    await conn.execute(
+        "UPDATE messages SET analyzer = 'local/rules-old+minilm-l6', sentiment = -0.9,"
+        " emotion = 'raiva' WHERE message_id IN ('RA0', 'RA1')"
+    )
+    untouched = await conn.fetchval("SELECT analyzed_at FROM messages WHERE message_id = 'RA2'")
+    quiet: Any = lambda *args: None  # noqa: E731 (no progress bar in the test log)
+    selection = Selection(local.version)
+    marked = await mark_and_send(conn, selection, broker_sender(redis_url), report=quiet)
+    assert marked == 2  # only what another analyzer scored
+    async with asyncio.timeout(WAIT):
+        assert await follow(conn, selection, marked, every=0.05, report=quiet) == 0
+    rows = {
+        r["message_id"]: r
+        for r in await conn.fetch("SELECT message_id, analyzer, emotion, analyzed_at FROM messages")
+    }
+    for mid in ("RA0", "RA1"):
+        assert rows[mid]["analyzer"] == local.version and rows[mid]["emotion"] == "gratidão"
+    assert rows["RA2"]["analyzed_at"] == untouched  # current already: not scored again
+    # everything, when asked
+    everything = Selection(local.version, everything=True)
+    assert await mark_and_send(conn, everything, broker_sender(redis_url), report=quiet) == 4
+    seen: list[tuple[int, int]] = []
+    async with asyncio.timeout(WAIT):
+        await follow(conn, everything, 4, every=0.05, report=lambda _, d, t: seen.append((d, t)))
+    assert seen[-1] == (4, 4)
+    assert await conn.fetchval("SELECT count(*) FROM messages WHERE analyzer IS NULL") == 0

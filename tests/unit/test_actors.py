@@ -45,7 +45,7 @@ class MemoryStore:
                 if k in self.rows and self.rows[k]["state"] == "pending"
             ]
 
-    def save(self, results: list[Result]) -> list[Saved]:
+    def save(self, results: list[Result], analyzer: str | None = None) -> list[Saved]:
         with self.lock:
             self.saves += 1
             out = []
@@ -59,6 +59,7 @@ class MemoryStore:
                     emotion=r.emotion,
                     satisfaction=r.satisfaction,
                     embedding=r.embedding,
+                    analyzer=analyzer,
                 )
                 out.append(Saved(r.key, r.state, r.sentiment, r.emotion, r.satisfaction))
             return out
@@ -75,6 +76,7 @@ class Flaky:
     """Wraps a provider: the first ``failures`` analyze calls raise ``error``."""
 
     name = "flaky"
+    version = "flaky/1"
 
     def __init__(self, inner: Any, failures: int, error: Exception, delay: float = 0.0) -> None:
         self.inner = inner

@@ -1,0 +1,125 @@
+"""``sense reanalyze``: re-score stored messages with the current analyzers.
+
+Each analysis records the analyzer that produced it (``messages.analyzer``, migration 0012).
+Reanalysis walks the messages an older analyzer scored (or all of them, ``--all``) in arrival
+order, a batch at a time: it sets them pending again and hands each batch to the workers'
+analysis queue, one broker message per tenant (as the web process's enqueues, so a job never
+mixes tenants). The old analysis stays readable until the new one is written; a worker writes
+it and records its own version. The command then follows the workers' progress until nothing
+it marked is left (``--no-wait``: it does not wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from service import db
+from service.contracts import ACTOR, QUEUE, Key, message_args
+
+BATCH = 1000
+
+
+@dataclass
+class Selection:
+    analyzer: str  # the current version: what it already scored is skipped (unless everything)
+    tenant_id: uuid.UUID | None = None
+    since: datetime | None = None
+    everything: bool = False
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.analyzer, self.tenant_id, self.since, self.everything)
+
+
+def broker_sender(redis_url: str, timeout: float = 5.0) -> Callable[[list[Key]], None]:
+    """Sends one analysis job (one tenant's keys) to the workers' queue."""
+    import dramatiq
+
+    from service.contracts import redis_broker
+
+    broker = redis_broker(redis_url, timeout)
+    broker.declare_queue(QUEUE)
+
+    def send(keys: list[Key]) -> None:
+        broker.enqueue(
+            dramatiq.Message(
+                queue_name=QUEUE,
+                actor_name=ACTOR,
+                args=(message_args(keys),),
+                kwargs={},
+                options={},
+            )
+        )
+
+    return send
+
+
+def progress(label: str, done: int, total: int) -> None:
+    width = 30
+    filled = width if total == 0 else round(width * done / total)
+    percent = 100 if total == 0 else 100 * done // total
+    bar = "#" * filled + "-" * (width - filled)
+    sys.stderr.write(f"\r{label} [{bar}] {done}/{total} ({percent}%)")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+async def mark_and_send(
+    conn: asyncpg.Connection,
+    selection: Selection,
+    send: Callable[[list[Key]], None],
+    *,
+    batch: int = BATCH,
+    chunk: int = 256,
+    report: Callable[[str, int, int], None] = progress,
+) -> int:
+    """Set the selected messages pending again and send them to the workers; how many."""
+    total = await conn.fetchval(db.q("reanalyze_count"), *selection.args())
+    after: tuple[Any, int] = (await conn.fetchval("SELECT '-infinity'::timestamptz"), 0)
+    marked = 0
+    report("reanalyze: queued", 0, total)
+    while True:
+        rows = await conn.fetch(db.q("reanalyze_mark"), *selection.args(), *after, batch)
+        if not rows:
+            break
+        last = max(rows, key=lambda r: (r["content_at"], r["seq"]))
+        after = (last["content_at"], last["seq"])
+        per_tenant: dict[uuid.UUID, list[Key]] = {}
+        for r in rows:
+            per_tenant.setdefault(r["tenant_id"], []).append(
+                (r["tenant_id"], r["instance_id"], r["message_id"])
+            )
+        for keys in per_tenant.values():
+            for start in range(0, len(keys), chunk):
+                await asyncio.to_thread(send, keys[start : start + chunk])
+        marked += len(rows)
+        report("reanalyze: queued", min(marked, total), max(total, marked))
+    return marked
+
+
+async def follow(
+    conn: asyncpg.Connection,
+    selection: Selection,
+    marked: int,
+    *,
+    every: float = 1.0,
+    report: Callable[[str, int, int], None] = progress,
+) -> int:
+    """Report the workers' progress until nothing marked is pending (wrap it in
+    ``asyncio.timeout`` to give up earlier)."""
+    while True:
+        left = await conn.fetchval(
+            db.q("reanalyze_remaining"), selection.tenant_id, selection.since
+        )
+        report("reanalyze: re-scored", max(marked - left, 0), marked)
+        if left == 0:
+            return 0
+        await asyncio.sleep(every)
