@@ -1,9 +1,10 @@
 """The analyzer interface the actors use, and the provider chosen by ``SENSE_AI_PROVIDER``.
 
 A provider turns texts into ``TextAnalysis`` (sentiment, emotion, satisfaction) and 384-float
-embeddings, a batch at a time. Two exist: ``local`` (offline, packaged models: LeIA for the
-sentiment, MiniLM on onnxruntime for the embedding) and ``openai`` (any OpenAI-compatible HTTP
-API, workers/openai_api.py).
+embeddings, a batch at a time. Two exist: ``local`` (offline, packaged models: LeIA's rules
+and the multilingual USE encoder through a classifier learnt from labelled Portuguese
+messages for the analysis, workers/classifier.py; MiniLM on onnxruntime for the search
+embedding) and ``openai`` (any OpenAI-compatible HTTP API, workers/openai_api.py).
 """
 
 from __future__ import annotations
@@ -46,25 +47,36 @@ class LocalProvider:
     def __init__(
         self, intra_op_threads: int = 1, *, quantize: bool = False, cache_dir: Path | None = None
     ) -> None:
+        from workers.classifier import Classifier, Encoder
         from workers.embedding import MiniLM
         from workers.sentiment import Sentiment
 
         self.sentiment = Sentiment()
+        self.encoder = Encoder(intra_op_threads)
+        self.classifier = Classifier()
         self.embedder = MiniLM(intra_op_threads, quantize=quantize, cache_dir=cache_dir)
         self.version = local_version(quantize)
 
     def analyze(self, texts: list[str]) -> list[TextAnalysis]:
-        return self.sentiment.analyze_many(texts)
+        """The rules' reading and the multilingual embedding, through the classifier learnt
+        from the labelled Portuguese set (workers/classifier.py)."""
+        from workers.classifier import features
+
+        if not texts:
+            return []
+        rules = self.sentiment.analyze_many(texts)
+        return self.classifier.analyses(features(self.encoder.embed(texts), rules))
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         return self.embedder.embed(texts)
 
 
 def local_version(quantize: bool) -> str:
+    from workers.classifier import weights_version
     from workers.embedding import MODEL_ID
     from workers.sentiment import RULES_VERSION
 
-    return f"local/{RULES_VERSION}+{MODEL_ID}{'-int8' if quantize else ''}"
+    return f"local/{RULES_VERSION}+{weights_version()}+{MODEL_ID}{'-int8' if quantize else ''}"
 
 
 def analyzer_version(settings: Settings) -> str:

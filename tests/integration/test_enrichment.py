@@ -452,6 +452,7 @@ async def test_the_analysis_update_is_hot_and_touches_no_index(
                 ["alegria"] * 4,
                 [90] * 4,
                 [vector] * 4,
+                "test/1",
             )
         )
     updated, hot = (a - b for a, b in zip(await _updates(conn), before, strict=True))
