@@ -19,7 +19,10 @@ bench-enrich: setup ## enrichment: one worker's messages/s, webhook to analysis 
 bench-ws: setup ## live stream: webhook to message.created frame p50/p99, 1,000 idle clients
 	$(BIN)/python bench/bench_ws.py $(BENCH_ARGS)
 
+bench-quality: setup ## analysis quality on the held-out labelled Portuguese messages, per trait
+	$(BIN)/python -m bench.bench_quality $(BENCH_ARGS)
+
 bench-slow: setup ## 5,000 slow connections vs a normal webhook client (~3 min; --before: old settings)
 	$(BIN)/python -m bench.bench_slow $(BENCH_ARGS)
 
-.PHONY: bench bench-setup bench-flush bench-native bench-enrich bench-ws bench-slow
+.PHONY: bench bench-setup bench-flush bench-native bench-enrich bench-ws bench-slow bench-quality

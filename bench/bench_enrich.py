@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service import admin, db  # noqa: E402
-from service.contracts import QUEUE, message_args, redis_broker  # noqa: E402
+from service.contracts import INDEX_ACTOR, INDEX_QUEUE, message_args, redis_broker  # noqa: E402
 
 BODIES = (
     "gostaria de saber sobre o meu pedido",
@@ -215,7 +215,7 @@ async def throughput(svc: Services, env: dict[str, str], tmp: Path, n: int, thre
     worker = start_worker(env, tmp / "worker-throughput.log", threads)
     try:
         broker = redis_broker(svc.redis_url or "", 5.0)
-        broker.declare_queue(QUEUE)
+        broker.declare_queue(INDEX_QUEUE)
         import dramatiq
 
         batch = int(env.get("SENSE_ENRICH_BATCH_SIZE", "256"))
@@ -224,8 +224,9 @@ async def throughput(svc: Services, env: dict[str, str], tmp: Path, n: int, thre
         for i in range(0, n, batch):
             broker.enqueue(
                 dramatiq.Message(
-                    queue_name=QUEUE,
-                    actor_name="analyze_messages",
+                    # as the web process does: the index actor hands them on to analysis
+                    queue_name=INDEX_QUEUE,
+                    actor_name=INDEX_ACTOR,
                     args=(message_args(keys[i : i + batch]),),
                     kwargs={},
                     options={},
@@ -239,9 +240,11 @@ async def throughput(svc: Services, env: dict[str, str], tmp: Path, n: int, thre
     finally:
         stop(worker)
     bad = await conn.fetchval(
-        """SELECT count(*) FROM messages
-           WHERE analysis_state <> 'done' OR sentiment NOT BETWEEN -1 AND 1 OR emotion IS NULL
-              OR satisfaction NOT BETWEEN 0 AND 100 OR vector_dims(embedding) <> 384"""
+        """SELECT count(*) FROM messages AS m
+           LEFT JOIN message_search AS s USING (tenant_id, instance_id, message_id)
+           WHERE m.analysis_state <> 'done' OR m.sentiment NOT BETWEEN -1 AND 1
+              OR m.emotion IS NULL OR m.satisfaction NOT BETWEEN 0 AND 100
+              OR s.embedding IS NULL OR vector_dims(s.embedding) <> 384"""
     )
     span = await conn.fetchval(
         "SELECT extract(epoch FROM max(analyzed_at) - min(analyzed_at)) FROM messages"
