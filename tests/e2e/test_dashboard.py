@@ -8,9 +8,11 @@ read from the analyzer itself, so the page is held to the worker's own answer.""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import shutil
 import struct
+import tempfile
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -29,7 +31,7 @@ from playwright.async_api import (
 from tests.e2e.conftest import Server, launch, start_server, start_worker, stop
 from tests.e2e.test_stream import Live, uid
 from tests.integration.conftest import status_update, upsert
-from workers.sentiment import Sentiment
+from workers.provider import LocalProvider
 
 pytestmark = pytest.mark.e2e
 
@@ -67,6 +69,12 @@ async def browser() -> AsyncIterator[Browser]:
 def restart(old: Server) -> Server:
     """The same server again, on the same port (the page reconnects to its own origin)."""
     return launch(old.url, old.env, old.log, append=True)
+
+
+@functools.cache
+def default_analyzer() -> LocalProvider:
+    """The worker's default analyzer (int8 model copy made under a temporary folder)."""
+    return LocalProvider(quantize=True, cache_dir=Path(tempfile.mkdtemp(prefix="models-")))
 
 
 def qr_like_png(modules: int = 25, scale: int = 6) -> str:
@@ -173,8 +181,8 @@ async def test_login_live_message_badge_and_search(browser: Browser, live: Live)
     live.post(upsert("acme-main", message_id, html))
     item = page.locator(f'#messages [data-id="acme-main/{message_id}"]')
     await expect(item.locator(".body")).to_have_text(html)  # as text, never as HTML
-    analyzer = Sentiment()  # what the worker's default analyzer says of both texts
-    liked, neutral = analyzer.analyze(html), analyzer.analyze(earlier_text)
+    # what the worker's default analyzer says of both texts
+    liked, neutral = default_analyzer().analyze([html, earlier_text])
     badge = item.locator('.badge[data-state="done"]')
     await expect(badge).to_have_text(liked.emotion)
     await expect(badge).to_have_attribute("data-tone", "pos")
@@ -251,7 +259,7 @@ async def test_phone_width_reconnect_and_logout(browser: Browser, live: Live) ->
     await expect(mine_item).to_be_visible()
     live.post(status_update("acme-main", mine, "READ"))
     await expect(mine_item.locator(".status")).to_contain_text("read")
-    expected = Sentiment().analyze("Oi! Meu pedido chegou atrasado de novo.")
+    expected = default_analyzer().analyze(["Oi! Meu pedido chegou atrasado de novo."])[0]
     await expect(item.locator('.badge[data-state="done"]')).to_have_text(expected.emotion)
     assert await page.evaluate("document.documentElement.scrollWidth") <= 375
     await page.screenshot(path=str(ARTIFACTS / "dashboard-phone-chat.png"))

@@ -172,6 +172,7 @@ async def test_analyses_published_for_another_tenants_instance_never_cross(
                 "satisfaction": 20,
                 "analyzable": True,
                 "error": None,
+                "analyzer": None,
             },
         }
     ]
