@@ -147,39 +147,22 @@ async def _replay(s: Services, body: ReplayIn) -> Any:
     return {"replayed": result.replayed}
 
 
+# path, body type, action, status of success
+_ROUTES: list[tuple[str, type[Any], Any, int]] = [
+    ("/api/admin/tenants", TenantIn, _create_tenant, 201),
+    ("/api/admin/sources", SourceIn, _create_source, 201),
+    ("/api/admin/instances", InstanceIn, _create_instance, 201),
+    ("/api/admin/quarantine/replay", ReplayIn, _replay, 200),
+    ("/api/admin/sources/{ref}/instances/{name:path}/apikey", ApikeyIn, _set_apikey, 200),
+    ("/api/admin/tenants/{ref}/rotate-token", Empty, _rotate_token, 200),
+    ("/api/admin/tenants/{ref}/revoke-token", Empty, _revoke_token, 200),
+    ("/api/admin/sources/{ref}/rotate-secret", RotateSecretIn, _rotate_secret, 200),
+    ("/api/admin/sources/{ref}/revoke-secret", Empty, _revoke_secret, 200),
+]
+
+
 def routes() -> list[Route]:
     return [
-        Route("/api/admin/tenants", _admin_route(TenantIn, _create_tenant), methods=["POST"]),
-        Route("/api/admin/sources", _admin_route(SourceIn, _create_source), methods=["POST"]),
-        Route("/api/admin/instances", _admin_route(InstanceIn, _create_instance), methods=["POST"]),
-        Route(
-            "/api/admin/quarantine/replay",
-            _admin_route(ReplayIn, _replay, status=200),
-            methods=["POST"],
-        ),
-        Route(
-            "/api/admin/sources/{ref}/instances/{name:path}/apikey",
-            _admin_route(ApikeyIn, _set_apikey, status=200),
-            methods=["POST"],
-        ),
-        Route(
-            "/api/admin/tenants/{ref}/rotate-token",
-            _admin_route(Empty, _rotate_token, status=200),
-            methods=["POST"],
-        ),
-        Route(
-            "/api/admin/tenants/{ref}/revoke-token",
-            _admin_route(Empty, _revoke_token, status=200),
-            methods=["POST"],
-        ),
-        Route(
-            "/api/admin/sources/{ref}/rotate-secret",
-            _admin_route(RotateSecretIn, _rotate_secret, status=200),
-            methods=["POST"],
-        ),
-        Route(
-            "/api/admin/sources/{ref}/revoke-secret",
-            _admin_route(Empty, _revoke_secret, status=200),
-            methods=["POST"],
-        ),
+        Route(path, _admin_route(kind, action, status=status), methods=["POST"])
+        for path, kind, action, status in _ROUTES
     ]
