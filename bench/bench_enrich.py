@@ -4,7 +4,7 @@
    de-duplication helps) are written to Postgres, the worker is started and waits until it is
    ready (models loaded), then every id is enqueued as the web process does (one broker message
    per ``SENSE_ENRICH_BATCH_SIZE`` ids). Messages/s = N / (time until the last row is done).
-   Every row is checked afterwards: analysed, sentiment in [-1, 1], a 384-dim embedding.
+   Every row is checked afterwards: analysed, sentiment in [-1, 1], a 512-dim embedding.
 2. Latency at nominal load: the real server (`sense serve`, 1 process) and the same worker;
    webhooks are posted at a fixed rate for a fixed time while a WebSocket client of the tenant
    records each ``message.analyzed`` frame. Latency = frame arrival - the moment the webhook
@@ -244,7 +244,7 @@ async def throughput(svc: Services, env: dict[str, str], tmp: Path, n: int, thre
            LEFT JOIN message_search AS s USING (tenant_id, instance_id, message_id)
            WHERE m.analysis_state <> 'done' OR m.sentiment NOT BETWEEN -1 AND 1
               OR m.emotion IS NULL OR m.satisfaction NOT BETWEEN 0 AND 100
-              OR s.embedding IS NULL OR vector_dims(s.embedding) <> 384"""
+              OR s.embedding IS NULL OR vector_dims(s.embedding) <> 512"""
     )
     span = await conn.fetchval(
         "SELECT extract(epoch FROM max(analyzed_at) - min(analyzed_at)) FROM messages"

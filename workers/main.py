@@ -161,7 +161,7 @@ def serve(settings: Settings, threads: int) -> int:
     logs.configure(settings.log_level)
     if settings.worker_nice:
         # below the web processes: analysis may fall behind under a burst and catch up
-        # after; ingest may not (its threads inherit this, onnxruntime's included)
+        # after; ingest may not (its threads inherit this, numpy's included)
         os.nice(min(settings.worker_nice, 19))
     done = threading.Event()
 

@@ -4,8 +4,8 @@
   ``SENSE_AI_BATCH_SIZE`` messages per call, numbered; the model must answer
   ``{"results": [{"i": 0, "sentiment": -1..1, "emotion": "<label>", "satisfaction": 0..100}]}``
   with one item per message. Anything else is a ``BadAnswer``.
-- Embeddings: ``POST {base}/embeddings`` with ``dimensions: 384`` (honoured by models that can
-  shorten their vectors, e.g. text-embedding-3-*). The column is ``vector(384)``: a model that
+- Embeddings: ``POST {base}/embeddings`` with ``dimensions: 512`` (honoured by models that can
+  shorten their vectors, e.g. text-embedding-3-*). The column is ``vector(512)``: a model that
   answers another size is refused with a ``BadAnswer`` that says so.
 - Every call has ``SENSE_AI_TIMEOUT_SECONDS``; 429, 5xx, timeouts and connection errors are
   retried ``SENSE_AI_MAX_RETRIES`` times with exponential backoff (``Retry-After`` honoured up

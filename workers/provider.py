@@ -1,16 +1,18 @@
 """The analyzer interface the actors use, and the provider chosen by ``SENSE_AI_PROVIDER``.
 
-A provider turns texts into ``TextAnalysis`` (sentiment, emotion, satisfaction) and 384-float
-embeddings, a batch at a time. Two exist: ``local`` (offline, packaged models: LeIA's rules
-and the multilingual USE encoder through a classifier learnt from labelled Portuguese
-messages for the analysis, workers/classifier.py; MiniLM on onnxruntime for the search
-embedding) and ``openai`` (any OpenAI-compatible HTTP API, workers/openai_api.py).
+A provider turns texts into ``TextAnalysis`` (sentiment, emotion, satisfaction) and 512-float
+embeddings, a batch at a time. Two exist: ``local`` (offline, packaged models: LeIA's rules and
+the multilingual USE encoder through a classifier learnt from labelled Portuguese messages,
+workers/classifier.py; the same encoder's vectors for search, workers/embedding.py) and
+``openai`` (any OpenAI-compatible HTTP API, workers/openai_api.py).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import threading
 from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
 
 from workers.errors import AnalyzerError, BadAnswer, Unavailable
 from workers.sentiment import EMOTIONS, TextAnalysis
@@ -40,22 +42,30 @@ class Provider(Protocol):
 
 
 class LocalProvider:
-    """Fully offline: nothing leaves the machine, nothing is downloaded."""
+    """Fully offline: nothing leaves the machine, nothing is downloaded. One encoder serves
+    both calls: ``analyze`` keeps the batch's vectors (per thread) for the ``embed`` of the
+    same batch that follows it (workers/actors.py), so a message is encoded once."""
 
     name = "local"
 
-    def __init__(
-        self, intra_op_threads: int = 1, *, quantize: bool = False, cache_dir: Path | None = None
-    ) -> None:
-        from workers.classifier import Classifier, Encoder
-        from workers.embedding import MiniLM
+    def __init__(self, threads: int = 1) -> None:
+        from workers.classifier import Classifier
+        from workers.embedding import Encoder
         from workers.sentiment import Sentiment
 
         self.sentiment = Sentiment()
-        self.encoder = Encoder(intra_op_threads)
+        self.encoder = Encoder(threads)
         self.classifier = Classifier()
-        self.embedder = MiniLM(intra_op_threads, quantize=quantize, cache_dir=cache_dir)
-        self.version = local_version(quantize)
+        self.version = local_version()
+        self._recent = threading.local()
+
+    def _vectors(self, texts: list[str]) -> np.ndarray:
+        recent = getattr(self._recent, "batch", None)
+        if recent is not None and recent[0] == texts:
+            return recent[1]
+        vectors = self.encoder.matrix(texts)
+        self._recent.batch = (list(texts), vectors)
+        return vectors
 
     def analyze(self, texts: list[str]) -> list[TextAnalysis]:
         """The rules' reading and the multilingual embedding, through the classifier learnt
@@ -65,25 +75,25 @@ class LocalProvider:
         if not texts:
             return []
         rules = self.sentiment.analyze_many(texts)
-        return self.classifier.analyses(features(self.encoder.embed(texts), rules))
+        return self.classifier.analyses(features(self._vectors(texts), rules))
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        return self.embedder.embed(texts)
+        return [[float(x) for x in v] for v in self._vectors(texts)]
 
 
-def local_version(quantize: bool) -> str:
+def local_version() -> str:
     from workers.classifier import weights_version
     from workers.embedding import MODEL_ID
     from workers.sentiment import RULES_VERSION
 
-    return f"local/{RULES_VERSION}+{weights_version()}+{MODEL_ID}{'-int8' if quantize else ''}"
+    return f"local/{RULES_VERSION}+{weights_version()}+{MODEL_ID}"
 
 
 def analyzer_version(settings: Settings) -> str:
     """What the configured provider records with each analysis, known without loading it."""
     if settings.ai_provider == "openai":
         return f"openai/{settings.ai_chat_model}+{settings.ai_embedding_model}"
-    return local_version(settings.ai_local_quantize)
+    return local_version()
 
 
 def build_provider(settings: Settings) -> Provider:
@@ -91,6 +101,4 @@ def build_provider(settings: Settings) -> Provider:
         from workers.openai_api import OpenAICompatible
 
         return OpenAICompatible.from_settings(settings)
-    return LocalProvider(
-        quantize=settings.ai_local_quantize, cache_dir=settings.data_path / "models"
-    )
+    return LocalProvider()

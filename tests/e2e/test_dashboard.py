@@ -12,7 +12,6 @@ import functools
 import hashlib
 import shutil
 import struct
-import tempfile
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -73,8 +72,8 @@ def restart(old: Server) -> Server:
 
 @functools.cache
 def default_analyzer() -> LocalProvider:
-    """The worker's default analyzer (int8 model copy made under a temporary folder)."""
-    return LocalProvider(quantize=True, cache_dir=Path(tempfile.mkdtemp(prefix="models-")))
+    """The worker's default analyzer."""
+    return LocalProvider()
 
 
 def qr_like_png(modules: int = 25, scale: int = 6) -> str:

@@ -97,4 +97,4 @@ def test_the_installed_worker_analyses_a_message(
         server.stop()
     assert code == 0, log.read_text()[-3000:]
 
-    assert embedding_dims(clean_db) == [384]
+    assert embedding_dims(clean_db) == [512]

@@ -79,7 +79,7 @@ def test_webhook_to_analysis_and_semantic_search(
     assert analyses["W2"]["sentiment"] < 0  # type: ignore[operator]
     assert analyses["W3"]["emotion"] == "neutro"
 
-    assert embedding_dims(clean_db) == [384, 384, 384]
+    assert embedding_dims(clean_db) == [512, 512, 512]
 
     # the web process asks the worker for the query's embedding
     r = httpx.get(

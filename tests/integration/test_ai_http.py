@@ -45,7 +45,7 @@ class FakeAPI:
                 elif action == "garbage":
                     self._send(200, b"<html>surprise</html>")
                 elif path == "embeddings":
-                    size = 1536 if action == "dims" else 384
+                    size = 1536 if action == "dims" else 512
                     data = [
                         {"index": i, "embedding": [float(len(t)) + 1.0] + [0.5] * (size - 1)}
                         for i, t in enumerate(body["input"])
@@ -120,8 +120,8 @@ def test_normal_answers_in_batches(api: FakeAPI) -> None:
     assert headers["Authorization"] == "Bearer sk-test"
     assert body["response_format"] == {"type": "json_object"}
     vectors = provider.embed(["a", "bbb"])
-    assert [len(v) for v in vectors] == [384, 384]
-    assert api.requests[-1][1]["dimensions"] == 384
+    assert [len(v) for v in vectors] == [512, 512]
+    assert api.requests[-1][1]["dimensions"] == 512
     assert abs(sum(x * x for x in vectors[0]) - 1.0) < 1e-9  # normalised like the local ones
 
 
@@ -163,7 +163,7 @@ def test_garbage_and_incomplete_answers_are_bad_answers(api: FakeAPI) -> None:
 def test_other_embedding_sizes_are_refused_clearly(api: FakeAPI) -> None:
     provider = _provider(api)
     api.script["embeddings"] = ["dims"]
-    with pytest.raises(BadAnswer, match=r"1536 dimensions; the embedding column is vector\(384\)"):
+    with pytest.raises(BadAnswer, match=r"1536 dimensions; the embedding column is vector\(512\)"):
         provider.embed(["x"])
 
 
@@ -194,12 +194,12 @@ def test_unreachable_api_is_unavailable() -> None:
 
 def test_settings_build_the_openai_provider(api: FakeAPI) -> None:
     settings = load_settings(
-        {}, ai_provider="openai", ai_base_url=api.url, ai_embedding_model="emb-384"
+        {}, ai_provider="openai", ai_base_url=api.url, ai_embedding_model="emb-512"
     )
     provider = build_provider(settings)
     assert provider.name == "openai"
-    assert len(provider.embed(["olá"])[0]) == 384
-    assert api.requests[-1][1]["model"] == "emb-384"
+    assert len(provider.embed(["olá"])[0]) == 512
+    assert api.requests[-1][1]["model"] == "emb-512"
 
 
 # tenant isolation --------------------------------------------------------------------------------

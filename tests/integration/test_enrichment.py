@@ -165,7 +165,7 @@ async def test_worker_analyses_and_the_api_shows_it(
         " JOIN message_search AS s USING (tenant_id, instance_id, message_id)"
         " WHERE message_id = 'P1'"
     )
-    assert row["dims"] == 384 and row["analyzed_at"] is not None
+    assert row["dims"] == 512 and row["analyzed_at"] is not None
     # the sticker has a search row too (nothing to find in it): nothing left for the reconciler
     assert await conn.fetchval("SELECT count(*) FROM message_search") == 3
     # the conversation's rolling sentiment and satisfaction
@@ -438,7 +438,7 @@ async def test_the_analysis_update_is_hot_and_touches_no_index(
     keys = await conn.fetch("SELECT tenant_id, instance_id, message_id FROM messages")
     columns = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
     await conn.fetch(db.q("index_messages"), *columns)
-    vector = "[" + ",".join(["0.05"] * 384) + "]"
+    vector = "[" + ",".join(["0.05"] * 512) + "]"
     before = await _updates(conn)
     saved = 0
     for i in range(0, 20, 4):  # as the worker writes: a few rows per transaction
@@ -458,7 +458,7 @@ async def test_the_analysis_update_is_hot_and_touches_no_index(
     updated, hot = (a - b for a, b in zip(await _updates(conn), before, strict=True))
     assert saved == 20 and updated == 20 and hot == 20  # in place: no index entry added
     dims = await conn.fetchval(
-        "SELECT count(*) FROM message_search WHERE vector_dims(embedding) = 384"
+        "SELECT count(*) FROM message_search WHERE vector_dims(embedding) = 512"
     )
     assert dims == 20
 

@@ -26,7 +26,7 @@ DIMS = contracts.EMBED_DIMENSIONS
 
 
 def fake_embed(texts: list[str]) -> list[list[float]]:
-    """Bag of words hashed into 384 signed dimensions, L2-normalised: texts that share words
+    """Bag of words hashed into 512 signed dimensions, L2-normalised: texts that share words
     are close, others are nearly orthogonal."""
     out = []
     for text in texts:
@@ -311,7 +311,7 @@ async def _many_tenants(conn: asyncpg.Connection, sizes: list[int]) -> list[uuid
         "INSERT INTO message_search (tenant_id, instance_id, message_id, tsv, embedding)"
         " SELECT tenant_id, instance_id, message_id, to_tsvector('sense_pt', text),"
         " embedding::vector + (SELECT array_agg((random() - 0.5) * 0.02)::vector"
-        " FROM generate_series(1, 384) WHERE bulk.message_id IS NOT NULL) FROM bulk"
+        " FROM generate_series(1, 512) WHERE bulk.message_id IS NOT NULL) FROM bulk"
     )
     await conn.execute("ANALYZE messages")
     await conn.execute("ANALYZE message_search")

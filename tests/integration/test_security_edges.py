@@ -87,7 +87,7 @@ async def test_the_dashboard_may_open_websockets_to_its_own_host_only(
 async def test_the_query_embedding_cache_is_per_tenant() -> None:
     embedder = QueryEmbedder(None)  # no Redis: a miss cannot be embedded
     a, b = uuid.uuid4(), uuid.uuid4()
-    embedder._cache[(a, "frete grátis")] = [0.1] * 384
-    assert await embedder.embed(a, "frete grátis") == [0.1] * 384
+    embedder._cache[(a, "frete grátis")] = [0.1] * 512
+    assert await embedder.embed(a, "frete grátis") == [0.1] * 512
     with pytest.raises(EmbeddingUnavailable):
         await embedder.embed(b, "frete grátis")  # another tenant never hits a's entry

@@ -167,7 +167,7 @@ def test_one_message_analyses_a_batch_across_tenants(harness: Harness) -> None:
     assert rows[keys[0]]["emotion"] == "gratidão" and rows[keys[0]]["satisfaction"] > 70
     assert rows[keys[1]]["sentiment"] < -0.3 and rows[keys[1]]["satisfaction"] < 35
     assert rows[keys[2]]["state"] == "skipped" and rows[keys[2]]["embedding"] is None
-    assert rows[keys[3]]["emotion"] == "neutro" and len(rows[keys[3]]["embedding"]) == 384
+    assert rows[keys[3]]["emotion"] == "neutro" and len(rows[keys[3]]["embedding"]) == 512
     assert harness.store.saves == 1  # one write for the whole batch
     frames = {tenant: {i["message_id"]: i for i in items} for tenant, items in harness.published}
     assert set(frames) == {T1, T2}

@@ -1,7 +1,7 @@
 """The default offline analyzers give sensible answers: sentiment labels on a labelled Portuguese
 set (tests/fixtures/sentiment_pt.jsonl: positive, negative, neutral, negation, irony and emoji
-cases), emotion and satisfaction that follow the documented rules, and real MiniLM embeddings
-in which similar sentences are closer than unrelated ones."""
+cases), emotion and satisfaction that follow the documented rules, and real multilingual
+embeddings (USE-m) in which Portuguese paraphrases are closer than unrelated sentences."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.embedding import DIMENSIONS, MiniLM
+from workers.embedding import DIMENSIONS, Encoder
 from workers.sentiment import EMOTIONS, Sentiment, label
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "sentiment_pt.jsonl"
@@ -24,14 +24,8 @@ def sentiment() -> Sentiment:
 
 
 @pytest.fixture(scope="module")
-def float_minilm() -> MiniLM:
-    return MiniLM()
-
-
-@pytest.fixture(scope="module")
-def minilm(tmp_path_factory: pytest.TempPathFactory) -> MiniLM:
-    """The worker's default: the int8-activation copy derived from the packaged model."""
-    return MiniLM(quantize=True, cache_dir=tmp_path_factory.mktemp("models"))
+def encoder() -> Encoder:
+    return Encoder()
 
 
 def _cases() -> list[dict[str, str]]:
@@ -110,54 +104,33 @@ def _cos(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True))
 
 
-def test_embeddings_are_unit_384_vectors_and_deterministic(minilm: MiniLM) -> None:
+def test_embeddings_are_unit_vectors_and_deterministic(encoder: Encoder) -> None:
     texts = ["Olá", "Adorei o atendimento", "Olá", "x" * 3000, "🙂"]
-    vectors = minilm.embed(texts)
+    vectors = encoder.embed(texts)
     assert len(vectors) == len(texts)
     for v in vectors:
         assert len(v) == DIMENSIONS
         assert math.isclose(math.sqrt(sum(x * x for x in v)), 1.0, rel_tol=1e-4)
     assert vectors[0] == vectors[2]
-    assert minilm.embed(texts) == vectors  # same batch, same vectors
-    # int8 activations are scaled per batch: a text's vector moves a little with its batch
-    alone = minilm.embed(["Adorei o atendimento"])[0]
-    assert _cos(alone, vectors[1]) > 0.98
-    assert minilm.embed([]) == []
+    assert encoder.embed(texts) == vectors  # same batch, same vectors
+    alone = encoder.embed(["Adorei o atendimento"])[0]
+    assert _cos(alone, vectors[1]) > 0.999  # a text's vector does not depend on its batch
+    assert encoder.embed([]) == []
 
 
-def test_float_vectors_do_not_depend_on_the_batch(float_minilm: MiniLM) -> None:
-    batch = float_minilm.embed(["Olá", "Adorei o atendimento de vocês", "x" * 500])
-    alone = float_minilm.embed(["Adorei o atendimento de vocês"])[0]
-    assert _cos(alone, batch[1]) > 0.9999
-
-
-def test_quantized_vectors_stay_close_to_the_float_ones(
-    minilm: MiniLM, float_minilm: MiniLM
-) -> None:
-    assert minilm.quantized and not float_minilm.quantized
-    texts = [json.loads(line)["text"] for line in FIXTURE.read_text().splitlines()]
-    quantized, exact = minilm.embed(texts), float_minilm.embed(texts)
-    similarity = [_cos(a, b) for a, b in zip(quantized, exact, strict=True)]
-    assert min(similarity) > 0.95 and sum(similarity) / len(similarity) > 0.98
-
-
-@pytest.mark.parametrize("which", ["minilm", "float_minilm"])
-def test_similar_sentences_are_closer_than_unrelated_ones(
-    which: str, request: pytest.FixtureRequest
-) -> None:
-    minilm: MiniLM = request.getfixturevalue(which)
-    """Each sentence's nearest neighbour is its paraphrase. (all-MiniLM-L6-v2 was trained on
-    English: in Portuguese it mostly rewards shared words, so these pairs share some.)"""
+def test_portuguese_paraphrases_are_closer_than_unrelated_sentences(encoder: Encoder) -> None:
+    """Each sentence's nearest neighbour is its paraphrase; four of the five pairs share no
+    word (the English MiniLM this replaced ranked Portuguese mostly by shared words)."""
     pairs = [
-        ("Meu pedido ainda não chegou", "Meu pedido não foi entregue"),
+        ("Cadê meu pedido?", "Minha encomenda ainda não chegou"),
         ("Qual o horário de funcionamento da loja?", "Que horas vocês abrem?"),
         ("Quero cancelar minha assinatura", "Como faço para cancelar o plano?"),
-        ("Adorei o atendimento", "Gostei muito do atendimento"),
-        ("A dog is running in the park", "A puppy plays in the garden"),
+        ("Adorei o atendimento", "Fui muito bem tratado pela equipe"),
+        ("O boleto vence amanhã", "A fatura tem vencimento no dia seguinte"),
     ]
-    flat = [t for pair in pairs for t in pair] + ["O boleto vence amanhã"]
-    v = dict(zip(flat, minilm.embed(flat), strict=True))
+    flat = [t for pair in pairs for t in pair] + ["Vocês entregam no sábado?"]
+    v = dict(zip(flat, encoder.embed(flat), strict=True))
     for a, b in pairs + [(b, a) for a, b in pairs]:
         others = [t for t in flat if t not in (a, b)]
         nearest = max(others, key=lambda t: _cos(v[a], v[t]))
-        assert _cos(v[a], v[b]) > _cos(v[a], v[nearest]) + 0.02, (a, b, nearest)
+        assert _cos(v[a], v[b]) > _cos(v[a], v[nearest]), (a, b, nearest)

@@ -5,8 +5,6 @@ that makes the analysis worse fails here; the targets it has not reached are rep
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bench.bench_quality import band, examples, polarity, score
@@ -18,8 +16,8 @@ FLOORS = {"polarity": 78.0, "emotion": 71.0, "satisfaction": 72.0}
 
 
 @pytest.fixture(scope="module")
-def provider(tmp_path_factory: pytest.TempPathFactory) -> LocalProvider:
-    return LocalProvider(quantize=True, cache_dir=Path(tmp_path_factory.mktemp("models")))
+def provider() -> LocalProvider:
+    return LocalProvider()
 
 
 def test_held_out_accuracy_stays_at_what_was_measured(provider: LocalProvider) -> None:
