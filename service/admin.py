@@ -3,9 +3,12 @@ both the ``sense`` CLI and the admin HTTP routes."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import secrets
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,16 +78,68 @@ async def create_tenant(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> T
 
 
 async def create_source(
-    conn: asyncpg.Connection | asyncpg.Pool, name: str, require_apikey: bool = False
+    conn: asyncpg.Connection | asyncpg.Pool,
+    name: str,
+    require_apikey: bool = False,
+    evolution_url: str | None = None,
+    evolution_apikey: str | None = None,
 ) -> SourceCreated:
     name = _name(name, "source")
+    url = _evolution_url(evolution_url)
     secret = secrets.token_urlsafe(32)
     source_id = uuid.uuid4()
     try:
-        await conn.execute(db.q("insert_source"), source_id, name, digest(secret), require_apikey)
+        async with _transaction(conn) as c:
+            await c.execute(db.q("insert_source"), source_id, name, digest(secret), require_apikey)
+            if url or evolution_apikey:
+                await c.execute(db.q("set_source_evolution"), source_id, url, evolution_apikey)
     except asyncpg.UniqueViolationError:
         raise AdminError(409, "conflict", f"source {name!r} exists") from None
     return SourceCreated(str(source_id), name, secret, WEBHOOK_PREFIX + secret)
+
+
+class SourceUpdated(msgspec.Struct):
+    id: str
+    name: str
+    evolution_url: str | None
+    has_evolution_apikey: bool  # the key itself is never returned
+
+
+async def update_source(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    source: str,
+    evolution_url: str | None = None,
+    evolution_apikey: str | None = None,
+) -> SourceUpdated:
+    """Set where to ask the source's Evolution server what it stored (backfill)."""
+    s = await _find(conn, "sources", source)
+    url = _evolution_url(evolution_url)
+    await conn.execute(db.q("set_source_evolution"), s["source_id"], url, evolution_apikey)
+    r = await conn.fetchrow(db.q("source_evolution"), s["source_id"])
+    return SourceUpdated(
+        str(r["source_id"]), r["name"], r["evolution_url"], r["evolution_apikey"] is not None
+    )
+
+
+EVOLUTION_URL = re.compile(r"https?://[^/\s?#]+\S*")  # (the admin API's schema says the same)
+
+
+def _evolution_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    if not EVOLUTION_URL.fullmatch(url) or len(url) > 2000:
+        raise AdminError(422, "invalid_body", "evolution_url must be an http(s) URL")
+    return url.rstrip("/")
+
+
+@contextlib.asynccontextmanager
+async def _transaction(conn: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[Any]:
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as c, c.transaction():
+            yield c
+    else:
+        async with conn.transaction():
+            yield conn
 
 
 async def find_tenant(conn: Any, ref: str) -> asyncpg.Record:

@@ -39,6 +39,13 @@ class TenantIn(msgspec.Struct):
 class SourceIn(msgspec.Struct):
     name: str
     require_apikey: bool = False
+    evolution_url: str | None = None  # REST base URL of that Evolution server (backfill)
+    evolution_apikey: str | None = None  # its global key or an instance token; never returned
+
+
+class SourceUpdateIn(msgspec.Struct):
+    evolution_url: str | None = None
+    evolution_apikey: str | None = None
 
 
 class InstanceIn(msgspec.Struct):
@@ -124,8 +131,16 @@ def _registry_change(operation: Callable[..., Awaitable[Any]]) -> Any:
 
 _create_tenant = _registry_change(lambda pool, b: admin.create_tenant(pool, b.name))
 _create_source = _registry_change(
-    lambda pool, b: admin.create_source(pool, b.name, b.require_apikey)
+    lambda pool, b: admin.create_source(
+        pool, b.name, b.require_apikey, b.evolution_url, b.evolution_apikey
+    )
 )
+
+
+async def _update_source(s: Services, body: SourceUpdateIn, ref: str) -> Any:
+    return await admin.update_source(s.pool, ref, body.evolution_url, body.evolution_apikey)
+
+
 _create_instance = _registry_change(
     lambda pool, b: admin.add_instance(pool, b.tenant, b.source, b.name, b.apikey, b.require_apikey)
 )
@@ -147,22 +162,23 @@ async def _replay(s: Services, body: ReplayIn) -> Any:
     return {"replayed": result.replayed}
 
 
-# path, body type, action, status of success
-_ROUTES: list[tuple[str, type[Any], Any, int]] = [
-    ("/api/admin/tenants", TenantIn, _create_tenant, 201),
-    ("/api/admin/sources", SourceIn, _create_source, 201),
-    ("/api/admin/instances", InstanceIn, _create_instance, 201),
-    ("/api/admin/quarantine/replay", ReplayIn, _replay, 200),
-    ("/api/admin/sources/{ref}/instances/{name:path}/apikey", ApikeyIn, _set_apikey, 200),
-    ("/api/admin/tenants/{ref}/rotate-token", Empty, _rotate_token, 200),
-    ("/api/admin/tenants/{ref}/revoke-token", Empty, _revoke_token, 200),
-    ("/api/admin/sources/{ref}/rotate-secret", RotateSecretIn, _rotate_secret, 200),
-    ("/api/admin/sources/{ref}/revoke-secret", Empty, _revoke_secret, 200),
+# path, body type, action, status of success, method
+_ROUTES: list[tuple[str, type[Any], Any, int, str]] = [
+    ("/api/admin/tenants", TenantIn, _create_tenant, 201, "POST"),
+    ("/api/admin/sources", SourceIn, _create_source, 201, "POST"),
+    ("/api/admin/sources/{ref}", SourceUpdateIn, _update_source, 200, "PATCH"),
+    ("/api/admin/instances", InstanceIn, _create_instance, 201, "POST"),
+    ("/api/admin/quarantine/replay", ReplayIn, _replay, 200, "POST"),
+    ("/api/admin/sources/{ref}/instances/{name:path}/apikey", ApikeyIn, _set_apikey, 200, "POST"),
+    ("/api/admin/tenants/{ref}/rotate-token", Empty, _rotate_token, 200, "POST"),
+    ("/api/admin/tenants/{ref}/revoke-token", Empty, _revoke_token, 200, "POST"),
+    ("/api/admin/sources/{ref}/rotate-secret", RotateSecretIn, _rotate_secret, 200, "POST"),
+    ("/api/admin/sources/{ref}/revoke-secret", Empty, _revoke_secret, 200, "POST"),
 ]
 
 
 def routes() -> list[Route]:
     return [
-        Route(path, _admin_route(kind, action, status=status), methods=["POST"])
-        for path, kind, action, status in _ROUTES
+        Route(path, _admin_route(kind, action, status=status), methods=[method])
+        for path, kind, action, status, method in _ROUTES
     ]

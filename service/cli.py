@@ -116,11 +116,22 @@ def cmd_tenant_revoke_token(env: Environment, args: argparse.Namespace) -> int:
 
 def cmd_source_create(env: Environment, args: argparse.Namespace) -> int:
     async def action(conn: Any) -> Any:
-        created = await admin.create_source(conn, args.name, args.require_apikey)
+        created = await admin.create_source(
+            conn, args.name, args.require_apikey, args.evolution_url, args.evolution_apikey
+        )
         url = env.settings.base_url + created.webhook_path
         return {**msgspec.structs.asdict(created), "webhook_url": url}
 
     return _admin_call(env, action)
+
+
+def cmd_source_update(env: Environment, args: argparse.Namespace) -> int:
+    return _admin_call(
+        env,
+        lambda conn: admin.update_source(
+            conn, args.name, args.evolution_url, args.evolution_apikey
+        ),
+    )
 
 
 def cmd_source_rotate_secret(env: Environment, args: argparse.Namespace) -> int:
@@ -184,6 +195,50 @@ def cmd_reanalyze(env: Environment, args: argparse.Namespace) -> int:
         return {"analyzer": selection.analyzer, "marked": marked, "left": left}
 
     return _admin_call(env, action)
+
+
+def cmd_backfill(env: Environment, args: argparse.Namespace) -> int:
+    from service import backfill
+
+    if args.since:
+        end = datetime.now(UTC) - timedelta(minutes=2)  # rows still arriving: not yet
+        start = end - parse_duration(args.since)
+    else:
+        try:
+            start, end = datetime.fromisoformat(args.start), datetime.fromisoformat(args.end)
+        except ValueError as exc:
+            raise SystemExit(f"--from/--to: {exc}") from None
+        start = start if start.tzinfo else start.replace(tzinfo=UTC)
+        end = end if end.tzinfo else end.replace(tzinfo=UTC)
+
+    def bar(p: backfill.Progress) -> None:
+        sys.stderr.write(f"\rbackfill: pages={p.pages} found={p.found} new={p.new}")
+        sys.stderr.flush()
+
+    async def action(conn: Any) -> Any:
+        instance, url, key = await backfill.instance_to_fill(conn, args.instance, args.source)
+        evolution = backfill.Evolution(url, key)
+        try:
+            done = await backfill.run(conn, evolution, instance, start, end, bar)
+        finally:
+            await evolution.aclose()
+        sys.stderr.write("\n")
+        if env.settings.redis_url and done.committed.created:
+            # the new messages go to the workers as the web process's would
+            from service import reanalyze
+
+            send = reanalyze.index_sender(env.settings.redis_url)
+            for keys in reanalyze.by_tenant(done.committed.created):
+                send(keys)
+        return done
+
+    try:
+        done = _with_db(env, action)
+    except backfill.BackfillError as exc:
+        print(f"\nbackfill failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"backfill: pages={done.pages} found={done.found} new={done.new}")
+    return 0
 
 
 def parse_duration(text: str) -> timedelta:
@@ -503,7 +558,14 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="its instances refuse envelopes without an apikey (unless set per instance)",
     )
+    s_create.add_argument("--evolution-url", help="its REST base URL (enables backfill)")
+    s_create.add_argument("--evolution-apikey", help="its global key or an instance token")
     s_create.set_defaults(func=cmd_source_create)
+    s_update = source.add_parser("update", help="set the Evolution REST URL and key (backfill)")
+    s_update.add_argument("name", help="source name or id")
+    s_update.add_argument("--evolution-url")
+    s_update.add_argument("--evolution-apikey")
+    s_update.set_defaults(func=cmd_source_update)
     s_rotate = source.add_parser(
         "rotate-secret", help="a new webhook secret; the old one works for --overlap seconds"
     )
@@ -549,6 +611,17 @@ def parser() -> argparse.ArgumentParser:
     q_replay.add_argument("--source")
     q_replay.add_argument("--instance")
     q_replay.set_defaults(func=cmd_quarantine_replay)
+
+    bf = sub.add_parser(
+        "backfill", help="ask Evolution what it stored in a window and merge what is missing"
+    )
+    bf.add_argument("--instance", required=True)
+    bf.add_argument("--source", help="the instance's source, if its name is on several")
+    when = bf.add_mutually_exclusive_group(required=True)
+    when.add_argument("--since", help="the last 30m, 2h, 7d (ending 2 minutes ago)")
+    when.add_argument("--from", dest="start", help="ISO-8601 start (with --to)")
+    bf.add_argument("--to", dest="end", help="ISO-8601 end")
+    bf.set_defaults(func=cmd_backfill)
 
     re_p = sub.add_parser(
         "reanalyze",

@@ -148,6 +148,7 @@ def document() -> dict[str, Any]:
         admin.InstanceCreated,
         admin.TokenRotated,
         admin.ApikeySet,
+        admin.SourceUpdated,
         admin.SecretRotated,
         admin.Revoked,
         Replayed,
@@ -330,14 +331,31 @@ def document() -> dict[str, Any]:
         "type": ["boolean", "null"],
         "description": "refuse webhooks whose envelope presents no apikey",
     }
+    evolution = {
+        "evolution_url": {
+            "type": ["string", "null"],
+            "pattern": "^https?://[^/\\s?#]+\\S*$",
+            "maxLength": 2000,
+            "description": "REST base URL of the Evolution server (enables backfill)",
+        },
+        "evolution_apikey": {
+            "type": ["string", "null"],
+            "description": "its global key or an instance token (never returned)",
+        },
+    }
     admin_routes = {
         "/api/admin/tenants": ("TenantCreated", {"name": name}, ["name"], 201),
         "/api/admin/sources": (
             "SourceCreated",
-            {"name": name, "require_apikey": {**require, "type": "boolean"}},
+            {
+                "name": name,
+                "require_apikey": {**require, "type": "boolean"},
+                **evolution,
+            },
             ["name"],
             201,
         ),
+        "/api/admin/sources/{ref}": ("SourceUpdated", evolution, [], 200),
         "/api/admin/instances": (
             "InstanceCreated",
             {
@@ -381,7 +399,7 @@ def document() -> dict[str, Any]:
     }
     for path, (answer, props, required, status) in admin_routes.items():
         paths[path] = {
-            "post": {
+            ("patch" if path == "/api/admin/sources/{ref}" else "post"): {
                 "summary": "Admin: " + path.removeprefix("/api/admin/"),
                 "security": _BEARER,
                 **({"parameters": _admin_parameters(path)} if "{ref}" in path else {}),

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from service import db
-from service.contracts import ACTOR, QUEUE, Key, message_args
+from service.contracts import ACTOR, INDEX_ACTOR, INDEX_QUEUE, QUEUE, Key, message_args
 
 BATCH = 1000
 
@@ -38,20 +38,22 @@ class Selection:
         return (self.analyzer, self.tenant_id, self.since, self.everything)
 
 
-def broker_sender(redis_url: str, timeout: float = 5.0) -> Callable[[list[Key]], None]:
-    """Sends one analysis job (one tenant's keys) to the workers' queue."""
+def broker_sender(
+    redis_url: str, timeout: float = 5.0, queue: str = QUEUE, actor: str = ACTOR
+) -> Callable[[list[Key]], None]:
+    """Sends one job (one tenant's keys) to a workers' queue: analysis by default."""
     import dramatiq
 
     from service.contracts import redis_broker
 
     broker = redis_broker(redis_url, timeout)
-    broker.declare_queue(QUEUE)
+    broker.declare_queue(queue)
 
     def send(keys: list[Key]) -> None:
         broker.enqueue(
             dramatiq.Message(
-                queue_name=QUEUE,
-                actor_name=ACTOR,
+                queue_name=queue,
+                actor_name=actor,
                 args=(message_args(keys),),
                 kwargs={},
                 options={},
@@ -59,6 +61,19 @@ def broker_sender(redis_url: str, timeout: float = 5.0) -> Callable[[list[Key]],
         )
 
     return send
+
+
+def index_sender(redis_url: str) -> Callable[[list[Key]], None]:
+    """New messages to the index actor, which indexes them and hands them to analysis."""
+    return broker_sender(redis_url, queue=INDEX_QUEUE, actor=INDEX_ACTOR)
+
+
+def by_tenant(keys: list[Key]) -> list[list[Key]]:
+    """``keys`` in chunks of at most 256, each of one tenant."""
+    groups: dict[uuid.UUID, list[Key]] = {}
+    for key in keys:
+        groups.setdefault(key[0], []).append(key)
+    return [g[i : i + 256] for g in groups.values() for i in range(0, len(g), 256)]
 
 
 def progress(label: str, done: int, total: int) -> None:

@@ -42,3 +42,11 @@ UPDATE sources SET secret_hash = $2 WHERE name = $1
 UPDATE instances SET apikey_hash = $3, require_apikey = $4
 WHERE source_id = $1 AND name = $2
 RETURNING instance_id
+
+-- name: set_source_evolution
+UPDATE sources
+SET evolution_url = coalesce($2, evolution_url), evolution_apikey = coalesce($3, evolution_apikey)
+WHERE source_id = $1
+
+-- name: source_evolution
+SELECT source_id, name, evolution_url, evolution_apikey FROM sources WHERE source_id = $1
