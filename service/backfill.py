@@ -31,6 +31,7 @@ import asyncpg
 import httpx
 import msgspec
 
+from service import db
 from service.events import OverLimit, PayloadError, build_ops
 from service.ingest import write_ops
 from service.resolve import Instance
@@ -147,6 +148,9 @@ async def merge_page(
     if ops.row_count():
         async with conn.transaction():
             committed = await write_ops(conn, ops)
+            if committed.created:  # what this run created, as recovered (origin: backfill)
+                t, i, m = (list(column) for column in zip(*committed.created, strict=True))
+                await conn.execute(db.q("mark_backfilled"), t, i, m)
         done.new += len(committed.created)
         done.committed.extend(committed)
 

@@ -50,3 +50,9 @@ WHERE source_id = $1
 
 -- name: source_evolution
 SELECT source_id, name, evolution_url, evolution_apikey FROM sources WHERE source_id = $1
+
+-- name: mark_backfilled
+UPDATE messages AS m SET origin = 'backfill'
+FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(tenant_id, instance_id, message_id)
+WHERE m.tenant_id = k.tenant_id AND m.instance_id = k.instance_id
+  AND m.message_id = k.message_id AND m.origin IS NULL
