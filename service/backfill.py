@@ -32,10 +32,11 @@ import httpx
 import msgspec
 
 from service import db
+from service.contracts import Key
 from service.events import OverLimit, PayloadError, build_ops
 from service.ingest import write_ops
 from service.resolve import Instance
-from service.rows import STATUS_RANK, Committed, Ops
+from service.rows import STATUS_RANK, Ops
 
 PAGE_SIZE = 100
 RETRIES = 3
@@ -51,7 +52,7 @@ class Progress:
     found: int = 0
     new: int = 0
     skipped: int = 0  # records the reader refused (over limits, not a message...)
-    committed: Committed = field(default_factory=Committed)
+    created: list[Key] = field(default_factory=list)  # what this run stored, for the workers
 
 
 def _iso(t: datetime) -> str:
@@ -152,7 +153,7 @@ async def merge_page(
                 t, i, m = (list(column) for column in zip(*committed.created, strict=True))
                 await conn.execute(db.q("mark_backfilled"), t, i, m)
         done.new += len(committed.created)
-        done.committed.extend(committed)
+        done.created += committed.created
 
 
 async def run(
@@ -198,12 +199,7 @@ async def instance_to_fill(
 ) -> tuple[Instance, str, str]:
     """The registered instance ``name`` (of ``source`` if given) and its source's Evolution
     URL and key."""
-    rows = await conn.fetch(
-        "SELECT i.tenant_id, i.instance_id, i.source_id, i.name, s.name AS source,"
-        " s.evolution_url, s.evolution_apikey FROM instances AS i JOIN sources AS s"
-        " USING (source_id) WHERE i.name = $1",
-        name,
-    )
+    rows = await conn.fetch(db.q("backfill_instance"), name)
     if source is not None:
         rows = [r for r in rows if source in (r["source"], str(r["source_id"]))]
     if not rows:

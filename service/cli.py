@@ -223,12 +223,12 @@ def cmd_backfill(env: Environment, args: argparse.Namespace) -> int:
         finally:
             await evolution.aclose()
         sys.stderr.write("\n")
-        if env.settings.redis_url and done.committed.created:
+        if env.settings.redis_url and done.created:
             # the new messages go to the workers as the web process's would
             from service import reanalyze
 
             send = reanalyze.index_sender(env.settings.redis_url)
-            for keys in reanalyze.by_tenant(done.committed.created):
+            for keys in reanalyze.tenant_jobs(done.created):
                 send(keys)
         return done
 

@@ -31,6 +31,26 @@ def message_args(keys: list[Key]) -> list[list[str]]:
     return [[str(t), str(i), m] for t, i, m in keys]
 
 
+def job(queue: str, actor: str, keys: list[Key]) -> Any:
+    """The Dramatiq message of one job of ``actor`` on ``queue`` over ``keys``: how the web
+    process, ``sense reanalyze`` and ``sense backfill`` hand messages to the workers without
+    importing their actors."""
+    import dramatiq
+
+    return dramatiq.Message(
+        queue_name=queue, actor_name=actor, args=(message_args(keys),), kwargs={}, options={}
+    )
+
+
+def by_tenant(keys: Iterable[Key]) -> dict[uuid.UUID, list[Key]]:
+    """``keys`` grouped by tenant, each group in its original order (a job, a prompt, never
+    mixes two tenants' messages)."""
+    groups: dict[uuid.UUID, list[Key]] = {}
+    for key in keys:
+        groups.setdefault(key[0], []).append(key)
+    return groups
+
+
 def redis_broker(url: str, timeout: float, middleware: list[Any] | None = None) -> RedisBroker:
     """A Dramatiq Redis broker whose client fails fast (no client-side retries, short socket
     timeouts): callers decide what a failure means."""

@@ -27,7 +27,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from service.contracts import INDEX_ACTOR, INDEX_QUEUE, Key, message_args, redis_broker
+from service.contracts import INDEX_ACTOR, INDEX_QUEUE, Key, job, redis_broker
 from service.rows import Committed
 
 if TYPE_CHECKING:
@@ -133,18 +133,9 @@ class Enqueuer:
                 self._backoff = BACKOFF_START
 
     def _send(self, chunks: list[list[Key]]) -> None:
-        import dramatiq
-
         self._sent_chunks = 0
         for chunk in chunks:
-            message: dramatiq.Message[Any] = dramatiq.Message(
-                queue_name=INDEX_QUEUE,
-                actor_name=INDEX_ACTOR,
-                args=(message_args(chunk),),
-                kwargs={},
-                options={},
-            )
-            self.broker.enqueue(message)
+            self.broker.enqueue(job(INDEX_QUEUE, INDEX_ACTOR, chunk))
             self.sent_messages += 1
             self._sent_chunks += 1
 

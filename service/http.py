@@ -125,11 +125,18 @@ class BodyDeadline:
         await self.app(scope, bounded, send)
 
 
+CLOSE = {"Connection": "close"}  # after this answer: what the client sends next is not read
+
+
+def body_timeout_detail(seconds: float) -> str:
+    return f"body not received within SENSE_BODY_TIMEOUT_SECONDS ({seconds:g} s)"
+
+
 def body_timeout_handler(seconds: float) -> ExceptionHandler:
-    detail = f"body not received within SENSE_BODY_TIMEOUT_SECONDS ({seconds:g} s)"
+    detail = body_timeout_detail(seconds)
 
     async def answer(request: Request, exc: Exception) -> Response:
-        return error(408, "body_timeout", detail, {"Connection": "close"})
+        return error(408, "body_timeout", detail, CLOSE)
 
     return cast(ExceptionHandler, answer)
 

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from service import db
-from service.contracts import ACTOR, INDEX_ACTOR, INDEX_QUEUE, QUEUE, Key, message_args
+from service.contracts import ACTOR, INDEX_ACTOR, INDEX_QUEUE, QUEUE, Key, by_tenant, job
 
 BATCH = 1000
 
@@ -42,23 +42,13 @@ def broker_sender(
     redis_url: str, timeout: float = 5.0, queue: str = QUEUE, actor: str = ACTOR
 ) -> Callable[[list[Key]], None]:
     """Sends one job (one tenant's keys) to a workers' queue: analysis by default."""
-    import dramatiq
-
     from service.contracts import redis_broker
 
     broker = redis_broker(redis_url, timeout)
     broker.declare_queue(queue)
 
     def send(keys: list[Key]) -> None:
-        broker.enqueue(
-            dramatiq.Message(
-                queue_name=queue,
-                actor_name=actor,
-                args=(message_args(keys),),
-                kwargs={},
-                options={},
-            )
-        )
+        broker.enqueue(job(queue, actor, keys))
 
     return send
 
@@ -68,12 +58,9 @@ def index_sender(redis_url: str) -> Callable[[list[Key]], None]:
     return broker_sender(redis_url, queue=INDEX_QUEUE, actor=INDEX_ACTOR)
 
 
-def by_tenant(keys: list[Key]) -> list[list[Key]]:
-    """``keys`` in chunks of at most 256, each of one tenant."""
-    groups: dict[uuid.UUID, list[Key]] = {}
-    for key in keys:
-        groups.setdefault(key[0], []).append(key)
-    return [g[i : i + 256] for g in groups.values() for i in range(0, len(g), 256)]
+def tenant_jobs(keys: list[Key], size: int = 256) -> list[list[Key]]:
+    """``keys`` in jobs of at most ``size``, each of one tenant."""
+    return [g[i : i + size] for g in by_tenant(keys).values() for i in range(0, len(g), size)]
 
 
 def progress(label: str, done: int, total: int) -> None:
@@ -107,14 +94,9 @@ async def mark_and_send(
             break
         last = max(rows, key=lambda r: (r["content_at"], r["seq"]))
         after = (last["content_at"], last["seq"])
-        per_tenant: dict[uuid.UUID, list[Key]] = {}
-        for r in rows:
-            per_tenant.setdefault(r["tenant_id"], []).append(
-                (r["tenant_id"], r["instance_id"], r["message_id"])
-            )
-        for keys in per_tenant.values():
-            for start in range(0, len(keys), chunk):
-                await asyncio.to_thread(send, keys[start : start + chunk])
+        keys = [(r["tenant_id"], r["instance_id"], r["message_id"]) for r in rows]
+        for keys_of_a_job in tenant_jobs(keys, chunk):
+            await asyncio.to_thread(send, keys_of_a_job)
         marked += len(rows)
         report("reanalyze: queued", min(marked, total), max(total, marked))
     return marked
@@ -129,7 +111,7 @@ async def follow(
     report: Callable[[str, int, int], None] = progress,
 ) -> int:
     """Report the workers' progress until nothing marked is pending (wrap it in
-    ``asyncio.timeout`` to give up earlier)."""
+    ``asyncio.timeout`` to give up earlier); what is left (0)."""
     while True:
         left = await conn.fetchval(
             db.q("reanalyze_remaining"), selection.tenant_id, selection.since

@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from service import payloads
 from service.events import MAX_NAME_CHARS, OverLimit, PayloadError, build_ops, canonical_event
+from service.http import CLOSE, BodyTimeout, body_timeout_detail
 from service.ingest import Fallback, Overloaded, Unavailable
 from service.resolve import Instance
 
@@ -50,10 +51,6 @@ class BodyTooLarge(Exception):
 
 class Disconnected(Exception):
     """The client went away before its body arrived: there is no one to answer."""
-
-
-class BodyTimeout(Exception):
-    """The whole body did not arrive within its deadline (answer 408 and close)."""
 
 
 class Raw:
@@ -143,8 +140,6 @@ NOT_FOUND = failure(404, "not_found", "no such route")
 METHOD_NOT_ALLOWED = failure(405, "method_not_allowed", "use POST", {"Allow": "POST"})
 SERVER_ERROR = failure(500, "internal_error", "the server could not handle this request")
 
-CLOSE = {"Connection": "close"}
-
 Handler = Callable[["Services", Raw, str], Awaitable[Answer]]
 
 
@@ -202,9 +197,7 @@ async def _receive(
         detail = f"body exceeds SENSE_MAX_BODY_BYTES ({settings.max_body_bytes} bytes)"
         return failure(413, "payload_too_large", detail), "unknown", "rejected"
     except BodyTimeout:
-        seconds = settings.body_timeout_seconds
-        detail = f"body not received within SENSE_BODY_TIMEOUT_SECONDS ({seconds:g} s)"
-        # the connection is closed after this answer: what the client sends next is not read
+        detail = body_timeout_detail(settings.body_timeout_seconds)
         return failure(408, "body_timeout", detail, CLOSE), "unknown", "rejected"
     try:
         envelope = payloads.envelope_decoder.decode(body)

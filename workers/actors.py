@@ -37,7 +37,7 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
-from service.contracts import ACTOR, INDEX_ACTOR, INDEX_QUEUE, QUEUE
+from service.contracts import ACTOR, INDEX_ACTOR, INDEX_QUEUE, QUEUE, by_tenant
 from workers.provider import BadAnswer, Provider, Unavailable
 from workers.store import Key, Result, Row, Saved, parse_keys
 
@@ -76,14 +76,6 @@ class Indexing:
         for keys in by_tenant(pending).values():
             self.forward(keys)
         return pending
-
-
-def by_tenant(keys: Iterable[Key]) -> dict[uuid.UUID, list[Key]]:
-    """``keys`` grouped by tenant, each group in its original order."""
-    groups: dict[uuid.UUID, list[Key]] = {}
-    for key in keys:
-        groups.setdefault(key[0], []).append(key)
-    return groups
 
 
 # What a failed analysis records (``analysis.error``, shown to the tenant): a code and a fixed

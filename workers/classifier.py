@@ -19,6 +19,7 @@ the predicted band (low < 40, mid 40-60, high > 60).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -56,15 +57,20 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
+def _version(raw: bytes) -> str:
+    return "clf-" + hashlib.sha256(raw).hexdigest()[:8]
+
+
+@functools.cache
 def weights_version(path: Path = WEIGHTS) -> str:
     """``clf-`` and the weights file's hash: a retrained model is a new analyzer version."""
-    return "clf-" + hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    return _version(path.read_bytes())
 
 
 class Classifier:
     def __init__(self, path: Path = WEIGHTS) -> None:
         raw = path.read_bytes()
-        self.version = weights_version(path)
+        self.version = _version(raw)
         doc = json.loads(raw)
         self.models = {
             name: (np.asarray(m["W"], dtype=np.float32), np.asarray(m["b"], dtype=np.float32))

@@ -45,4 +45,4 @@ class Encoder:
         return vectors[[row[t] for t in texts]]
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        return [[float(x) for x in v] for v in self.matrix(texts)]
+        return self.matrix(texts).tolist()

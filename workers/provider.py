@@ -78,7 +78,7 @@ class LocalProvider:
         return self.classifier.analyses(features(self._vectors(texts), rules))
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        return [[float(x) for x in v] for v in self._vectors(texts)]
+        return self._vectors(texts).tolist()
 
 
 def local_version() -> str:
