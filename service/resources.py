@@ -46,7 +46,7 @@ class Message(msgspec.Struct):
     quoted_message_id: str | None
     timestamp: str | None
     analysis: Analysis
-    origin: str = "live"  # live (a webhook) | backfill (recovered from Evolution's REST API)
+    origin: str = "webhook"  # webhook | backfill (recovered from Evolution's REST API)
 
 
 class MessagePage(msgspec.Struct):
@@ -132,7 +132,7 @@ def message_from_row(r: Any, instance_name: str) -> Message:
         quoted_message_id=r["quoted_message_id"],
         timestamp=iso(r["message_ts"]),
         analysis=analysis,
-        origin=r.get("origin") or "live",  # (the rows a commit returns: live)
+        origin=r.get("origin") or "webhook",  # (the rows a commit returns: a webhook's)
     )
 
 

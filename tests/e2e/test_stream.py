@@ -289,6 +289,7 @@ async def test_created_then_updated_frames_carry_the_whole_resource(live: Live) 
     assert m["text"] == "texto original" and m["from_me"] is True and m["chat_jid"] == chat
     assert m["status"] == "delivered" and m["analysis"]["state"] == "pending"
     assert set(m) >= {"sender_jid", "push_name", "type", "reactions", "timestamp", "edited"}
+    assert m["origin"] == "webhook"  # design.md: the same field as the resource's
 
     async def updated_after(body: dict[str, Any]) -> dict[str, Any]:
         live.post(body)

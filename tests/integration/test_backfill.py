@@ -146,7 +146,7 @@ async def test_dropped_webhooks_are_recovered_once_with_tenant_chat_and_status(
     assert lost["chat_jid"] == "5511900000022@s.whatsapp.net"  # the phone, not the @lid
     recovered = (await deployment.message("acme", "acme-main", "BF2")).json()
     assert recovered["status"] == "read" and recovered["origin"] == "backfill"
-    assert (await deployment.message("acme", "acme-main", "BF1")).json()["origin"] == "live"
+    assert (await deployment.message("acme", "acme-main", "BF1")).json()["origin"] == "webhook"
     assert (await deployment.message("globex", "acme-main", "BF2")).status_code == 404
 
 
