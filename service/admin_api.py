@@ -1,11 +1,14 @@
 """The admin HTTP API (``SENSE_ADMIN_TOKEN``): register tenants, sources and instances, replay
-quarantine, rotate and revoke tenant tokens and source secrets. Each change reloads this
-process's map at once (others follow by NOTIFY), so it holds from the very next request."""
+quarantine, rotate and revoke tenant tokens and source secrets, ask for backfills. Each change
+reloads this process's map at once (others follow by NOTIFY), so it holds from the very next
+request."""
 
 from __future__ import annotations
 
 import hmac
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -13,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import admin
+from service import admin, backfill, db
 from service.http import JSON, error
 from service.state import Services
 
@@ -72,6 +75,14 @@ class Empty(msgspec.Struct):
 class ReplayIn(msgspec.Struct):
     source: str | None = None
     instance: str | None = None
+
+
+class BackfillIn(msgspec.Struct):
+    instance: str
+    start: datetime = msgspec.field(name="from")
+    end: datetime | None = msgspec.field(default=None, name="to")  # default: now
+    source: str | None = None  # id or name, when the instance name is on several sources
+    tenant: str | None = None
 
 
 MAX_ADMIN_BODY = 64 * 1024  # an admin body is a few names and flags
@@ -162,6 +173,44 @@ async def _replay(s: Services, body: ReplayIn) -> Any:
     return {"replayed": result.replayed}
 
 
+def _utc(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+async def _request_backfill(s: Services, body: BackfillIn) -> Any:
+    end = _utc(body.end) if body.end else datetime.now(UTC)
+    try:
+        async with s.pool.acquire() as conn:
+            instance, _, _ = await backfill.instance_to_fill(
+                conn, body.instance, body.source, body.tenant
+            )
+            job_id = await backfill.create(conn, instance, _utc(body.start), end)
+    except backfill.Busy as exc:
+        raise admin.AdminError(
+            409, exc.code, f"{exc} (GET /api/admin/backfill/{exc.job_id})"
+        ) from None
+    except backfill.BackfillError as exc:
+        raise admin.AdminError(exc.status, exc.code, str(exc)) from None
+    if s.backfill is not None:
+        s.backfill.wakeup.set()
+    return {"job_id": str(job_id)}
+
+
+async def _backfill_job(s: Services, body: Empty, job_id: str) -> Any:
+    try:
+        row = await s.pool.fetchrow(db.q("backfill_get"), uuid.UUID(job_id))
+    except ValueError:
+        row = None
+    if row is None:
+        raise admin.AdminError(404, "not_found", f"no backfill job {job_id}")
+    return backfill.job_document(row)
+
+
+async def _backfill_jobs(s: Services, body: Empty) -> Any:
+    rows = await s.pool.fetch(db.q("backfill_list"), None, 200)
+    return {"items": [backfill.job_document(r) for r in rows]}
+
+
 # path, body type, action, status of success, method
 _ROUTES: list[tuple[str, type[Any], Any, int, str]] = [
     ("/api/admin/tenants", TenantIn, _create_tenant, 201, "POST"),
@@ -174,6 +223,9 @@ _ROUTES: list[tuple[str, type[Any], Any, int, str]] = [
     ("/api/admin/tenants/{ref}/revoke-token", Empty, _revoke_token, 200, "POST"),
     ("/api/admin/sources/{ref}/rotate-secret", RotateSecretIn, _rotate_secret, 200, "POST"),
     ("/api/admin/sources/{ref}/revoke-secret", Empty, _revoke_secret, 200, "POST"),
+    ("/api/admin/backfill", BackfillIn, _request_backfill, 202, "POST"),
+    ("/api/admin/backfill", Empty, _backfill_jobs, 200, "GET"),
+    ("/api/admin/backfill/{job_id}", Empty, _backfill_job, 200, "GET"),
 ]
 
 

@@ -140,6 +140,22 @@ async def list_instances(request: Request) -> Response:
     return JSON({"items": items})
 
 
+async def list_backfill(request: Request) -> Response:
+    """The tenant's backfill jobs, newest first: what was looked for, and what was recovered."""
+    from service.backfill import job_document
+
+    services: Services = request.app.state.services
+    tenant = tenant_of(request)
+    if tenant is None:
+        return unauthorized()
+    try:
+        limit = int_param(request, "limit", 50, 1, 500)
+    except ValueError as exc:
+        return error(400, "invalid_parameter", str(exc))
+    rows = await services.pool.fetch(db.q("backfill_list"), tenant.tenant_id, limit)
+    return JSON({"items": [job_document(r) for r in rows]})
+
+
 async def messages_after(request: Request, tenant: Tenant) -> Response:
     """The ``after`` branch of ``GET /api/v1/messages``: oldest first; ``next`` is the cursor
     to pass next time (the given one when nothing new is final yet)."""

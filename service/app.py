@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from service import (
     admin_api,
     api,
+    backfill,
     dashboard,
     db,
     enqueue,
@@ -27,6 +28,7 @@ from service import (
     search,
     webhook,
 )
+from service.contracts import BACKFILL_ACTOR, BACKFILL_QUEUE
 from service.http import (
     BodyDeadline,
     BodyTimeout,
@@ -53,6 +55,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/messages/{instance}/{message_id:path}", api.get_message, methods=["GET"]),
         Route("/api/v1/chats", api.list_chats, methods=["GET"]),
         Route("/api/v1/instances", api.list_instances, methods=["GET"]),
+        Route("/api/v1/backfill", api.list_backfill, methods=["GET"]),
         *search.routes(),
         *endpoint.routes(),
         *admin_api.routes(),
@@ -130,27 +133,41 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await registry.start(dsn, pool, settings.registry_refresh_seconds)
         stream = app.state.live = await live.start(settings, pool, registry)
         enqueuer = app.state.enqueuer = await enqueue.start(settings)
+        runner = triggers = recovered = None
+        if settings.backfill_enabled:
+            recovered = await enqueue.start(settings, BACKFILL_QUEUE, BACKFILL_ACTOR)
+            runner = services.backfill = backfill.Runner(
+                pool, settings, [stream.publish] + ([recovered.hook] if recovered else [])
+            )
+            triggers = backfill.Triggers(pool, settings, runner.wakeup.set)
         # Post-commit hooks, in this order: a message's "created" frame is queued before its
         # enrichment is, and both before the per-tenant counter.
         hooks = [stream.publish]
         if enqueuer is not None:
             hooks.append(enqueuer.hook)
         hooks.append(services.count_messages)
+        if triggers is not None:
+            hooks.append(triggers.hook)
         batcher.on_commit(*hooks)
         batcher.start()
         await guard.refresh()
         guard.start()
         # instances registered while no server ran: their quarantined events go home now
         services.spawn(services.replay_for(None))
+        if runner is not None:
+            runner.start(triggers)
         services.ready = True
         try:
             yield
         finally:
+            if runner is not None:
+                await runner.stop()  # a job left mid-way is resumed by the next runner
             # Granian stopped accepting; write what is queued before going away.
             await batcher.close()
             await guard.stop()
-            if enqueuer is not None:
-                await enqueuer.stop()
+            for sender in (enqueuer, recovered):
+                if sender is not None:
+                    await sender.stop()
             await stream.stop()
             await registry.stop()
             for task in list(services._tasks):

@@ -21,29 +21,50 @@ what is missing (../shared/evolution-rest.md is the reference for every rule bel
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import asyncpg
 import httpx
 import msgspec
 
-from service import db
+from service import db, metrics
 from service.contracts import Key
 from service.events import OverLimit, PayloadError, build_ops
 from service.ingest import write_ops
 from service.resolve import Instance
-from service.rows import STATUS_RANK, Ops
+from service.rows import STATUS_RANK, Committed, Ops
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+log = logging.getLogger("sense.backfill")
 
 PAGE_SIZE = 100
 RETRIES = 3
+SLICE_SECONDS = 3600.0  # a job reads its window an hour at a time (the cursor stays small)
 
 
 class BackfillError(Exception):
-    """The run cannot go on; the message says why and what to do."""
+    """The run cannot go on; the message says why and what to do. ``status``: the admin API's
+    answer when the job cannot even be created."""
+
+    status = 422
+    code = "backfill_refused"
+
+
+class NotFound(BackfillError):
+    status = 404
+    code = "not_found"
 
 
 @dataclass
@@ -62,7 +83,15 @@ def _iso(t: datetime) -> str:
 class Evolution:
     """The few REST calls backfill needs, with the rules of evolution-rest.md §6."""
 
-    def __init__(self, base_url: str, apikey: str, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        apikey: str,
+        *,
+        timeout: float = 60.0,
+        pace: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.pace = pace
         self.client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"apikey": apikey, "Accept-Encoding": "gzip"},
@@ -82,6 +111,8 @@ class Evolution:
         }
         path = f"/chat/findMessages/{quote(instance, safe='')}"
         for attempt in range(RETRIES + 1):
+            if self.pace is not None:
+                await self.pace()
             try:
                 r = await self.client.post(path, json=body)
             except httpx.HTTPError as exc:
@@ -116,6 +147,10 @@ class Evolution:
             raise BackfillError(
                 "Evolution refused the key (401): check the source's evolution_apikey"
             )
+        if r.status_code == 403:
+            raise BackfillError(
+                "Evolution refused the key for this instance (403): use the server's global key"
+            )
         if r.status_code == 404:
             raise BackfillError(f"Evolution has no instance {instance!r} (404)")
         if r.status_code < 500:
@@ -134,9 +169,59 @@ def envelope_of(instance: str, record: dict[str, Any]) -> bytes:
     return msgspec.json.encode({"event": "messages.upsert", "instance": instance, "data": data})
 
 
+class LeaseLost(Exception):
+    """Another process holds this job now (this runner stalled past its lease): stop, keep
+    nothing of the page in hand (its transaction is rolled back)."""
+
+
+@dataclass
+class Cursor:
+    """Where a job stands, saved with each page's merge: the windows still to read (a stack,
+    the current one last), the page reached in the current one, and the Evolution row ids
+    seen in it so far with the ``total`` Evolution announced (to tell a complete window)."""
+
+    windows: list[tuple[float, float]]
+    page: int = 1
+    seen: list[str] = field(default_factory=list)
+
+    @classmethod
+    def over(cls, start: datetime, end: datetime, slice_seconds: float = SLICE_SECONDS) -> Cursor:
+        """[start, end] in slices of at most ``slice_seconds``, the oldest read first."""
+        lo, hi = start.timestamp(), end.timestamp()
+        windows = []
+        while hi > lo:
+            windows.append((max(lo, hi - slice_seconds), hi))
+            hi -= slice_seconds
+        return cls(windows or [(lo, lo)])
+
+    def dump(self) -> bytes:
+        return msgspec.json.encode({"windows": self.windows, "page": self.page, "seen": self.seen})
+
+    @classmethod
+    def load(cls, raw: Any) -> Cursor:
+        doc = msgspec.json.decode(raw) if isinstance(raw, str | bytes) else raw
+        return cls([(lo, hi) for lo, hi in doc["windows"]], doc["page"], doc["seen"])
+
+
+Save = Callable[[asyncpg.Connection, Cursor, Progress], Awaitable[None]]
+Hook = Callable[[Committed], Awaitable[None]]
+
+
+def as_recovered(committed: Committed) -> Committed:
+    """``committed`` with its created rows saying ``origin: backfill`` (as stored), for the
+    live stream's ``message.created`` frames."""
+    created = set(committed.created)
+    rows: list[Any] = []
+    for row in committed.messages:
+        key = (row["tenant_id"], row["instance_id"], row["message_id"])
+        rows.append({**dict(row), "origin": "backfill"} if key in created else row)
+    return Committed(committed.created, committed.instances, rows, committed.rows)
+
+
 async def merge_page(
     conn: asyncpg.Connection, instance: Instance, records: list[dict[str, Any]], done: Progress
-) -> None:
+) -> Committed:
+    """Merge ``records`` within the caller's transaction; what it created is marked backfill."""
     from service import payloads
 
     ops = Ops()
@@ -146,14 +231,61 @@ async def merge_page(
             ops.extend(build_ops(envelope, instance).ops)
         except (msgspec.DecodeError, msgspec.ValidationError, PayloadError, OverLimit):
             done.skipped += 1
-    if ops.row_count():
+    if not ops.row_count():
+        return Committed()
+    committed = await write_ops(conn, ops)
+    if committed.created:  # what this run created, as recovered (origin: backfill)
+        t, i, m = (list(column) for column in zip(*committed.created, strict=True))
+        await conn.execute(db.q("mark_backfilled"), t, i, m)
+    done.new += len(committed.created)
+    done.created += committed.created
+    return as_recovered(committed)
+
+
+async def advance(
+    conn: asyncpg.Connection,
+    evolution: Evolution,
+    instance: Instance,
+    cursor: Cursor,
+    done: Progress,
+    *,
+    page_size: int = PAGE_SIZE,
+    save: Save | None = None,
+    hooks: Sequence[Hook] = (),
+    report: Callable[[Progress], None] = lambda p: None,
+) -> None:
+    """Read ``cursor``'s windows to the end, one page at a time, newest first as Evolution
+    answers. Each page's records are merged, and the cursor moved past it, in one transaction
+    (``save`` writes it): a job resumed elsewhere starts at the first page not merged."""
+    while cursor.windows:
+        lo, hi = cursor.windows[-1]
+        start, end = (datetime.fromtimestamp(t, UTC) for t in (lo, hi))
+        answer = await evolution.find_messages(instance.name, start, end, cursor.page, page_size)
+        records = [r for r in answer.get("records") or [] if isinstance(r, dict)]
+        total = int(answer.get("total") or 0)
+        seen = set(cursor.seen)
+        fresh = [r for r in records if str(r.get("id")) not in seen]
+        cursor.seen += [str(r.get("id")) for r in fresh]
+        done.pages += 1
+        done.found += len(fresh)
+        if not records or cursor.page >= int(answer.get("pages") or 0):
+            cursor.windows.pop()
+            if len(cursor.seen) < total and hi - lo > 1:
+                middle = lo + (hi - lo) / 2  # rows moved between pages: ask each half again
+                cursor.windows += [(middle, hi), (lo, middle)]
+            cursor.page, cursor.seen = 1, []
+        else:
+            cursor.page += 1
+        new_before, skipped_before = done.new, done.skipped
         async with conn.transaction():
-            committed = await write_ops(conn, ops)
-            if committed.created:  # what this run created, as recovered (origin: backfill)
-                t, i, m = (list(column) for column in zip(*committed.created, strict=True))
-                await conn.execute(db.q("mark_backfilled"), t, i, m)
-        done.new += len(committed.created)
-        done.created += committed.created
+            committed = await merge_page(conn, instance, fresh, done) if fresh else Committed()
+            if save is not None:
+                await save(conn, cursor, done)
+        new = done.new - new_before
+        metrics.count_backfill(new, len(fresh) - new - (done.skipped - skipped_before))
+        for hook in hooks:
+            await hook(committed)
+        report(done)
 
 
 async def run(
@@ -166,46 +298,27 @@ async def run(
     *,
     page_size: int = PAGE_SIZE,
 ) -> Progress:
-    """Merge what Evolution stored for ``instance`` in [start, end]."""
+    """Merge what Evolution stored for ``instance`` in [start, end], outside any job."""
     done = Progress()
-    windows = [(start, end)]
-    while windows:
-        lo, hi = windows.pop()
-        seen: set[str] = set()
-        total = 0
-        page = 1
-        while True:
-            answer = await evolution.find_messages(instance.name, lo, hi, page, page_size)
-            records = [r for r in answer.get("records") or [] if isinstance(r, dict)]
-            total = int(answer.get("total") or 0)
-            done.pages += 1
-            fresh = [r for r in records if str(r.get("id")) not in seen]
-            seen.update(str(r.get("id")) for r in records)
-            if fresh:
-                done.found += len(fresh)
-                await merge_page(conn, instance, fresh, done)
-            report(done)
-            if not records or page >= int(answer.get("pages") or 0):
-                break
-            page += 1
-        if len(seen) < total and hi - lo > timedelta(seconds=1):
-            middle = lo + (hi - lo) / 2  # rows moved between pages: ask each half again
-            windows += [(lo, middle), (middle, hi)]
+    cursor = Cursor.over(start, end)
+    await advance(conn, evolution, instance, cursor, done, page_size=page_size, report=report)
     return done
 
 
 async def instance_to_fill(
-    conn: asyncpg.Connection, name: str, source: str | None
+    conn: asyncpg.Connection, name: str, source: str | None, tenant: str | None = None
 ) -> tuple[Instance, str, str]:
-    """The registered instance ``name`` (of ``source`` if given) and its source's Evolution
-    URL and key."""
+    """The registered instance ``name`` (of ``source``, of ``tenant``, if given) and its
+    source's Evolution URL and key."""
     rows = await conn.fetch(db.q("backfill_instance"), name)
     if source is not None:
         rows = [r for r in rows if source in (r["source"], str(r["source_id"]))]
+    if tenant is not None:
+        rows = [r for r in rows if tenant in (r["tenant"], str(r["tenant_id"]))]
     if not rows:
-        raise BackfillError(f"no registered instance {name!r}")
+        raise NotFound(f"no registered instance {name!r}")
     if len(rows) > 1:
-        raise BackfillError(f"instance {name!r} is on several sources: say which with --source")
+        raise BackfillError(f"instance {name!r} is on several sources: say which source")
     r = rows[0]
     if not r["evolution_url"] or not r["evolution_apikey"]:
         raise BackfillError(
@@ -214,3 +327,385 @@ async def instance_to_fill(
         )
     instance = Instance(r["tenant_id"], r["instance_id"], r["source_id"], r["name"])
     return instance, r["evolution_url"], r["evolution_apikey"]
+
+
+# Jobs ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    job_id: uuid.UUID
+    instance: Instance
+    reason: str
+    url: str
+    apikey: str
+    cursor: Cursor
+    done: Progress
+
+
+def job_document(row: Any) -> dict[str, Any]:
+    """A job as the admin and read APIs show it."""
+    return {
+        "job_id": str(row["job_id"]),
+        "instance": row["instance"],
+        "source": row["source"],
+        "reason": row["reason"],
+        "state": row["state"],
+        "from": row["window_from"].isoformat(),
+        "to": row["window_to"].isoformat(),
+        "pages": row["pages"],
+        "found": row["found"],
+        "new": row["new"],
+        "error": row["error"],
+        "created_at": row["created_at"].isoformat(),
+        "started_at": row["started_at"] and row["started_at"].isoformat(),
+        "finished_at": row["finished_at"] and row["finished_at"].isoformat(),
+    }
+
+
+async def create(
+    conn: asyncpg.Connection, instance: Instance, start: datetime, end: datetime
+) -> uuid.UUID:
+    """An on-demand job over [start, end]; ``Busy`` if the instance has one queued or running."""
+    if end <= start:
+        raise BackfillError("the window is empty: `to` must come after `from`")
+    job_id = await conn.fetchval(
+        db.q("backfill_create"),
+        instance.tenant_id,
+        instance.instance_id,
+        instance.source_id,
+        "demand",
+        start,
+        end,
+    )
+    if job_id is None:
+        raise Busy(await conn.fetchval(db.q("backfill_active"), instance.instance_id))
+    return job_id
+
+
+class Busy(BackfillError):
+    """The instance already has a job queued or running (one at a time per instance)."""
+
+    status = 409
+    code = "backfill_running"
+
+    def __init__(self, job_id: uuid.UUID | None) -> None:
+        super().__init__(f"instance has a backfill job queued or running: {job_id}")
+        self.job_id = job_id
+
+
+class Pace:
+    """At most ``per_second`` findMessages requests per Evolution server from this process
+    (and, through the claim, at most ``jobs_per_server`` jobs per server across processes)."""
+
+    def __init__(self, per_second: float) -> None:
+        self.gap = 1.0 / per_second
+        self._next: dict[uuid.UUID, float] = {}
+
+    async def wait(self, source_id: uuid.UUID) -> None:
+        now = time.monotonic()
+        at = max(now, self._next.get(source_id, now))
+        self._next[source_id] = at + self.gap
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
+class Runner:
+    """Claims and runs backfill jobs, in every ``sense serve`` process (and in ``sense
+    backfill`` for its own job). A claimed job holds a lease that a heartbeat renews; each
+    page's merge and the cursor after it commit together, so a job resumed by another
+    process (this one died, or stalled past its lease) starts at the first page not merged,
+    and a runner that lost its lease cannot merge one more page."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        hooks: Sequence[Hook] = (),
+        *,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.hooks = list(hooks)
+        self.page_size = page_size
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.pace = Pace(settings.backfill_pages_per_second)
+        self.lease = settings.backfill_lease_seconds
+        self.wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def claim(self, job_id: uuid.UUID | None = None) -> Job | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(db.q("backfill_claim_lock"))
+            row = await conn.fetchrow(
+                db.q("backfill_claim"),
+                self.owner,
+                self.lease,
+                job_id,
+                self.settings.backfill_jobs_per_server,
+            )
+            if row is None:
+                return None
+            target = await conn.fetchrow(db.q("backfill_target"), row["instance_id"])
+        instance = Instance(row["tenant_id"], row["instance_id"], row["source_id"], target["name"])
+        cursor = (
+            Cursor.load(row["cursor"])
+            if row["cursor"]
+            else Cursor.over(row["window_from"], row["window_to"])
+        )
+        done = Progress(pages=row["pages"], found=row["found"], new=row["new"])
+        url, apikey = target["evolution_url"], target["evolution_apikey"]
+        return Job(row["job_id"], instance, row["reason"], url, apikey, cursor, done)
+
+    async def execute(self, job: Job, report: Callable[[Progress], None] = lambda p: None) -> str:
+        """Run a claimed job to its end: ``done``, ``failed`` (the error is kept on the job),
+        ``lost`` (another process holds it now) or ``interrupted`` (Postgres went away: the
+        job is resumed once its lease has run out)."""
+
+        async def save(conn: asyncpg.Connection, cursor: Cursor, done: Progress) -> None:
+            saved = await conn.fetchval(
+                db.q("backfill_checkpoint"),
+                job.job_id,
+                self.owner,
+                cursor.dump().decode(),
+                done.pages,
+                done.found,
+                done.new,
+                self.lease,
+            )
+            if saved is None:
+                raise LeaseLost
+
+        error: str | None = None
+        heartbeat = asyncio.create_task(self._heartbeat(job.job_id), name="sense-backfill-lease")
+        work = asyncio.create_task(self._advance(job, save, report), name="sense-backfill-job")
+        try:
+            await asyncio.wait({heartbeat, work}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():  # the heartbeat found the lease gone
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                    await work
+                return "lost"
+            try:
+                work.result()
+            except LeaseLost:
+                return "lost"
+            except BackfillError as exc:
+                error = str(exc)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Postgres blinked: the lease runs out and a runner resumes from the cursor
+                log.warning("backfill interrupted: %s: %s", exc.__class__.__name__, exc)
+                return "interrupted"
+            except Exception as exc:
+                log.exception("backfill job %s failed", job.job_id)
+                error = f"internal error ({exc.__class__.__name__})"
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                await heartbeat
+        state = "failed" if error else "done"
+        async with self.pool.acquire() as conn:
+            finished = await conn.fetchval(
+                db.q("backfill_finish"), job.job_id, self.owner, state, error
+            )
+        if finished is None:
+            return "lost"
+        metrics.BACKFILL_JOBS.labels(state).inc()
+        log.info(
+            "backfill %s",
+            state,
+            extra={
+                "job_id": str(job.job_id),
+                "instance": job.instance.name,
+                "reason": job.reason,
+                "pages": job.done.pages,
+                "found": job.done.found,
+                "new": job.done.new,
+                "error": error,
+            },
+        )
+        return state
+
+    async def _advance(self, job: Job, save: Save, report: Callable[[Progress], None]) -> None:
+        evolution = Evolution(
+            job.url,
+            job.apikey,
+            timeout=self.settings.backfill_timeout_seconds,
+            pace=lambda: self.pace.wait(job.instance.source_id),
+        )
+        try:
+            async with self.pool.acquire() as conn:
+                await advance(
+                    conn,
+                    evolution,
+                    job.instance,
+                    job.cursor,
+                    job.done,
+                    page_size=self.page_size,
+                    save=save,
+                    hooks=self.hooks,
+                    report=report,
+                )
+        finally:
+            await evolution.aclose()
+
+    async def _heartbeat(self, job_id: uuid.UUID) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                renewed = await self.pool.fetchval(
+                    db.q("backfill_renew"), job_id, self.owner, self.lease
+                )
+            except (OSError, asyncpg.PostgresError):
+                continue  # Postgres blinked: the next beat tries again
+            if renewed is None:
+                return
+
+    # the loop of `sense serve` -----------------------------------------------------------
+
+    def start(self, triggers: Triggers | None = None) -> None:
+        self._task = asyncio.create_task(self._loop(triggers), name="sense-backfill")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self, triggers: Triggers | None) -> None:
+        while True:
+            try:
+                if triggers is not None:
+                    await triggers.tick()
+                job = await self.claim()
+                if job is not None:
+                    await self.execute(job)
+                    continue  # another may be waiting
+                metrics.BACKFILL_LAG.set(await self.pool.fetchval(db.q("backfill_lag")))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Postgres away: try again at the next poll
+                log.warning("backfill loop: %s: %s", exc.__class__.__name__, exc)
+            self.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), self.settings.backfill_poll_seconds)
+
+
+class Triggers:
+    """When to look, without being asked: an instance back to ``open`` (from when it was seen
+    leaving it), this service starting (per instance, from its newest stored message), and a
+    periodic sweep of every instance over the recent past. Each asks for a job per instance
+    (a queued one is widened); the runners take it from there."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, wake: Callable[[], None]) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.wake = wake
+        self._changed: set[uuid.UUID] = set()
+        self._started = False
+        self._next_sweep = 0.0
+
+    async def hook(self, committed: Committed) -> None:
+        """Post-commit hook: connection states to look at on the next tick (never waits)."""
+        changed = [i for _, i, kind in committed.instances if kind == "state"]
+        if changed:
+            self._changed.update(changed)
+            self.wake()
+
+    async def tick(self) -> None:
+        if not self._started:
+            await self.at_start()
+            self._started = True
+        if self._changed:
+            changed, self._changed = list(self._changed), set()
+            await self.states_changed(changed)
+        if self.settings.backfill_sweep_seconds and time.monotonic() >= self._next_sweep:
+            await self.sweep()
+            self._next_sweep = time.monotonic() + min(60.0, self.settings.backfill_sweep_seconds)
+
+    def _bounded(self, since: datetime | None, now: datetime) -> datetime:
+        oldest = now - timedelta(seconds=self.settings.backfill_max_window_seconds)
+        margin = timedelta(seconds=self.settings.backfill_margin_seconds)
+        return oldest if since is None else max(oldest, since - margin)
+
+    async def _request(
+        self, conn: asyncpg.Connection, row: Any, reason: str, start: datetime, end: datetime
+    ) -> None:
+        await conn.execute(
+            db.q("backfill_request"),
+            row["tenant_id"],
+            row["instance_id"],
+            row["source_id"],
+            reason,
+            start,
+            end,
+        )
+
+    async def at_start(self) -> None:
+        """Every instance that can be asked, since its newest stored message."""
+        now = datetime.now(UTC)
+        async with self.pool.acquire() as conn:
+            for row in await conn.fetch(db.q("backfill_instances"), None):
+                await self._request(
+                    conn, row, "startup", self._bounded(row["last_message_ts"], now), now
+                )
+
+    async def states_changed(self, instance_ids: list[uuid.UUID]) -> None:
+        now = datetime.now(UTC)
+        async with self.pool.acquire() as conn:
+            for row in await conn.fetch(db.q("backfill_states_changed"), instance_ids):
+                if row["state"] != "open":
+                    await conn.execute(db.q("backfill_went_down"), row["instance_id"])
+                    continue
+                down_at = await conn.fetchval(db.q("backfill_came_back"), row["instance_id"])
+                if down_at is None:  # its going down was not seen: since its newest message
+                    rows = await conn.fetch(db.q("backfill_instances"), None)
+                    newest = [r for r in rows if r["instance_id"] == row["instance_id"]]
+                    down_at = newest[0]["last_message_ts"] if newest else None
+                await self._request(conn, row, "reconnect", self._bounded(down_at, now), now)
+
+    async def sweep(self) -> None:
+        """Instances not swept for ``backfill_sweep_seconds``: a job over the last
+        ``backfill_sweep_window_seconds`` each (one process sweeps at a time)."""
+        now = datetime.now(UTC)
+        due = now - timedelta(seconds=self.settings.backfill_sweep_seconds)
+        start = now - timedelta(seconds=self.settings.backfill_sweep_window_seconds)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(db.q("backfill_sweep_lock")):
+                return
+            rows = await conn.fetch(db.q("backfill_instances"), due)
+            for row in rows:
+                await self._request(conn, row, "sweep", start, now)
+            if rows:
+                await conn.execute(db.q("backfill_swept"), [r["instance_id"] for r in rows])
+        if rows:
+            self.wake()
+
+
+FINISHED = ("done", "failed")
+
+
+async def follow(
+    pool: asyncpg.Pool,
+    runner: Runner,
+    job_id: uuid.UUID,
+    report: Callable[[Progress], None],
+    *,
+    grace: float,
+) -> Any:
+    """``sense backfill``: watch the job until it ends, and run it here if no server has taken
+    it within ``grace`` seconds (or its runner died): the command works with no server up, and
+    a job is never run twice at once. Returns the job's row."""
+    deadline = time.monotonic() + grace
+    while True:
+        row = await pool.fetchrow(db.q("backfill_get"), job_id)
+        if row["state"] in FINISHED:
+            return row
+        if time.monotonic() >= deadline:
+            job = await runner.claim(job_id)
+            if job is not None:
+                await runner.execute(job, report)
+                continue
+        report(Progress(pages=row["pages"], found=row["found"], new=row["new"]))
+        await asyncio.sleep(0.5)

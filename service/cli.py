@@ -198,12 +198,17 @@ def cmd_reanalyze(env: Environment, args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(env: Environment, args: argparse.Namespace) -> int:
-    from service import backfill
+    """Ask for a backfill job and follow it to its end: a server process runs it if one is up
+    (its recovered messages then reach live dashboards), else this command does."""
+    from service import backfill, enqueue
+    from service.contracts import BACKFILL_ACTOR, BACKFILL_QUEUE
 
     if args.since:
         end = datetime.now(UTC) - timedelta(minutes=2)  # rows still arriving: not yet
         start = end - parse_duration(args.since)
     else:
+        if not args.end:
+            raise SystemExit("--from needs --to")
         try:
             start, end = datetime.fromisoformat(args.start), datetime.fromisoformat(args.end)
         except ValueError as exc:
@@ -215,29 +220,49 @@ def cmd_backfill(env: Environment, args: argparse.Namespace) -> int:
         sys.stderr.write(f"\rbackfill: pages={p.pages} found={p.found} new={p.new}")
         sys.stderr.flush()
 
-    async def action(conn: Any) -> Any:
-        instance, url, key = await backfill.instance_to_fill(conn, args.instance, args.source)
-        evolution = backfill.Evolution(url, key)
+    async def main() -> Any:
+        settings = env.settings
+        conn = await db.connect(env.dsn)
         try:
-            done = await backfill.run(conn, evolution, instance, start, end, bar)
+            await db.migrate(conn)
+            instance, _, _ = await backfill.instance_to_fill(
+                conn, args.instance, args.source, args.tenant
+            )
+            try:
+                job_id = await backfill.create(conn, instance, start, end)
+            except backfill.Busy as exc:
+                if exc.job_id is None:
+                    raise
+                print(f"a job for {args.instance} is already under way: {exc.job_id}")
+                job_id = exc.job_id
         finally:
-            await evolution.aclose()
-        sys.stderr.write("\n")
-        if env.settings.redis_url and done.created:
-            # the new messages go to the workers as the web process's would
-            from service import reanalyze
-
-            send = reanalyze.index_sender(env.settings.redis_url)
-            for keys in reanalyze.tenant_jobs(done.created):
-                send(keys)
-        return done
+            await conn.close()
+        if args.no_wait:
+            return job_id
+        pool = await db.create_pool(env.dsn, 2, settings.db_timeout_seconds)
+        recovered = await enqueue.start(settings, BACKFILL_QUEUE, BACKFILL_ACTOR)
+        try:
+            runner = backfill.Runner(pool, settings, [recovered.hook] if recovered else [])
+            grace = 2 * settings.backfill_poll_seconds + 1 if settings.backfill_enabled else 0
+            return await backfill.follow(pool, runner, job_id, bar, grace=grace)
+        finally:
+            if recovered is not None:
+                await recovered.stop(drain_seconds=10)
+            await pool.close()
 
     try:
-        done = _with_db(env, action)
+        done = asyncio.run(main())
     except backfill.BackfillError as exc:
-        print(f"\nbackfill failed: {exc}", file=sys.stderr)
+        print(f"backfill failed: {exc}", file=sys.stderr)
         return 1
-    print(f"backfill: pages={done.pages} found={done.found} new={done.new}")
+    if args.no_wait:
+        print(f"backfill job {done} queued (GET /api/admin/backfill/{done})")
+        return 0
+    sys.stderr.write("\n")
+    if done["state"] == "failed":
+        print(f"backfill failed: {done['error']}", file=sys.stderr)
+        return 1
+    print(f"backfill: pages={done['pages']} found={done['found']} new={done['new']}")
     return 0
 
 
@@ -617,6 +642,10 @@ def parser() -> argparse.ArgumentParser:
     )
     bf.add_argument("--instance", required=True)
     bf.add_argument("--source", help="the instance's source, if its name is on several")
+    bf.add_argument("--tenant", help="the instance's tenant (name or id)")
+    bf.add_argument(
+        "--no-wait", action="store_true", help="queue the job for the servers and return"
+    )
     when = bf.add_mutually_exclusive_group(required=True)
     when.add_argument("--since", help="the last 30m, 2h, 7d (ending 2 minutes ago)")
     when.add_argument("--from", dest="start", help="ISO-8601 start (with --to)")

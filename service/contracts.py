@@ -24,6 +24,10 @@ INDEX_QUEUE = "sense-index"
 INDEX_ACTOR = "index_messages"
 QUEUE = "sense-enrich"
 ACTOR = "analyze_messages"
+# Messages recovered by backfill: indexed and analysed by the workers once the two queues
+# above are empty (workers/main.py), so a recovered backlog never delays live traffic.
+BACKFILL_QUEUE = "sense-backfill"
+BACKFILL_ACTOR = "index_recovered"
 
 
 def message_args(keys: list[Key]) -> list[list[str]]:

@@ -50,8 +50,12 @@ class Enqueuer:
         batch_size: int,
         linger: float = 0.0,
         max_buffered: int = MAX_BUFFERED,
+        queue: str = INDEX_QUEUE,
+        actor: str = INDEX_ACTOR,
     ) -> None:
         self.broker = broker
+        self.queue = queue
+        self.actor = actor
         self.batch_size = batch_size
         self.linger = linger
         self.max_buffered = max_buffered
@@ -66,7 +70,7 @@ class Enqueuer:
         self._sent_chunks = 0  # of the batch being sent (a failure keeps only the rest)
 
     def start(self) -> None:
-        self.broker.declare_queue(INDEX_QUEUE)
+        self.broker.declare_queue(self.queue)
         self._task = asyncio.create_task(self._run(), name="sense-enqueue")
 
     async def hook(self, committed: Committed) -> None:
@@ -135,20 +139,27 @@ class Enqueuer:
     def _send(self, chunks: list[list[Key]]) -> None:
         self._sent_chunks = 0
         for chunk in chunks:
-            self.broker.enqueue(job(INDEX_QUEUE, INDEX_ACTOR, chunk))
+            self.broker.enqueue(job(self.queue, self.actor, chunk))
             self.sent_messages += 1
             self._sent_chunks += 1
 
 
-async def start(settings: Settings) -> Enqueuer | None:
+async def start(
+    settings: Settings, queue: str = INDEX_QUEUE, actor: str = INDEX_ACTOR
+) -> Enqueuer | None:
     """The enqueuer for ``create_app``'s lifespan, or None without SENSE_REDIS_URL (then every
-    message stays ``pending`` until a worker's reconciler finds it)."""
+    message stays ``pending`` until a worker's reconciler finds it). Backfill has its own, on
+    its own queue (``BACKFILL_QUEUE``: taken after live traffic)."""
     if not settings.redis_url:
         log.warning("no SENSE_REDIS_URL: messages are not analysed until a worker reconciles them")
         return None
     broker = redis_broker(settings.redis_url, settings.enqueue_timeout_seconds)
     enqueuer = Enqueuer(
-        broker, batch_size=settings.enrich_batch_size, linger=settings.enqueue_linger_seconds
+        broker,
+        batch_size=settings.enrich_batch_size,
+        linger=settings.enqueue_linger_seconds,
+        queue=queue,
+        actor=actor,
     )
     enqueuer.start()
     return enqueuer

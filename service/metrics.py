@@ -79,6 +79,21 @@ QUARANTINE_BYTES = Gauge(
     multiprocess_mode="livemax",
 )
 
+BACKFILL_MESSAGES = Counter(
+    "sense_backfill_messages_total",
+    "Messages read from Evolution by backfill (outcome: new = missing here and now stored,"
+    " known = already stored)",
+    ["outcome"],
+)
+BACKFILL_JOBS = Counter(
+    "sense_backfill_jobs_total", "Backfill jobs finished, by result (done, failed)", ["result"]
+)
+BACKFILL_LAG = Gauge(
+    "sense_backfill_lag_seconds",
+    "Seconds since the oldest backfill job still queued or running was asked for (0: none)",
+    multiprocess_mode="livemax",
+)
+
 _tenant_labels: set[str] = set()
 _webhook_series: dict[tuple[str, str], tuple[Any, Any]] = {}
 
@@ -131,3 +146,10 @@ def set_quarantine(events: int, size: int) -> None:
 
 def count_api_unavailable(reason: str) -> None:
     API_UNAVAILABLE.labels(reason).inc()
+
+
+def count_backfill(new: int, known: int) -> None:
+    if new:
+        BACKFILL_MESSAGES.labels("new").inc(new)
+    if known:
+        BACKFILL_MESSAGES.labels("known").inc(known)

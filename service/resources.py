@@ -74,6 +74,16 @@ class QrCode(msgspec.Struct):
     updated_at: str | None
 
 
+class BackfillOut(msgspec.Struct):
+    """What the gap checks found for an instance (service/backfill.py)."""
+
+    last_message_at: str | None  # the newest message stored for it
+    last_sweep_at: str | None
+    gaps_found: int  # backfill jobs that found messages missing here
+    messages_recovered: int
+    last_gap_at: str | None
+
+
 class InstanceOut(msgspec.Struct):
     name: str
     state: str | None
@@ -82,6 +92,8 @@ class InstanceOut(msgspec.Struct):
     profile_name: str | None
     state_updated_at: str | None
     qrcode: QrCode | None
+    # in GET /api/v1/instances (not in instance.* frames)
+    backfill: BackfillOut | msgspec.UnsetType = msgspec.UNSET
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -148,4 +160,13 @@ def instance_from_row(r: Any) -> InstanceOut:
         profile_name=r["profile_name"],
         state_updated_at=iso(r["state_at"]),
         qrcode=qr,
+        backfill=BackfillOut(
+            iso(r["last_message_ts"]),
+            iso(r["last_sweep_at"]),
+            r["gaps_found"] or 0,
+            r["recovered"] or 0,
+            iso(r["last_gap_at"]),
+        )
+        if "gaps_found" in r.keys()
+        else msgspec.UNSET,
     )

@@ -44,6 +44,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     quarantine_max_events: int = 100_000
     quarantine_max_bytes: int = 1024 * 1024 * 1024
     quarantine_retention_days: float = 14.0
+    # backfill (service/backfill.py): jobs run in every server process; a sweep every
+    # backfill_sweep_seconds (0: none) over the last backfill_sweep_window_seconds; reconnect and
+    # start-up windows reach back at most backfill_max_window_seconds, plus a margin
+    backfill_enabled: bool = True
+    backfill_sweep_seconds: float = 1800.0
+    backfill_sweep_window_seconds: float = 21_600.0
+    backfill_max_window_seconds: float = 7 * 86_400.0
+    backfill_margin_seconds: float = 300.0
+    backfill_pages_per_second: float = (
+        5.0  # findMessages requests per Evolution server, per process
+    )
+    backfill_jobs_per_server: int = 1  # jobs running at once per Evolution server, all processes
+    backfill_poll_seconds: float = 2.0
+    backfill_lease_seconds: float = 60.0
+    backfill_timeout_seconds: float = 30.0
     queue_max_requests: int = 20_000
     queue_max_bytes: int = 512 * 1024 * 1024  # bodies held by waiting requests, per process
     batch_max_rows: int = 5_000
@@ -111,6 +126,13 @@ _POSITIVE = {
     "body_timeout_seconds",
     "max_connections",
     "queue_max_requests",
+    "backfill_sweep_window_seconds",
+    "backfill_max_window_seconds",
+    "backfill_pages_per_second",
+    "backfill_jobs_per_server",
+    "backfill_poll_seconds",
+    "backfill_lease_seconds",
+    "backfill_timeout_seconds",
     "quarantine_max_events",
     "quarantine_max_bytes",
     "quarantine_retention_days",
@@ -138,6 +160,8 @@ _POSITIVE = {
     "reconcile_max_age_seconds",
 }
 _NOT_NEGATIVE = {
+    "backfill_sweep_seconds",
+    "backfill_margin_seconds",
     "ai_max_retries",
     "enrich_max_retries",
     "enqueue_linger_seconds",

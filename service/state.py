@@ -9,7 +9,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -21,6 +21,9 @@ from service.quarantine import Guard, kept_copy
 from service.resolve import Instance, Registry
 from service.rows import Committed, Ops
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.backfill import Runner
 
 log = logging.getLogger("sense.app")
 access_log = logging.getLogger("sense.webhook")
@@ -38,6 +41,7 @@ class Services:
     batcher: Batcher
     quarantine: Guard
     ready: bool = False
+    backfill: Runner | None = None  # this process's backfill runner (service/backfill.py)
     # what every answer carries (service/http.py SecurityHeaders; the webhook adds them itself)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)

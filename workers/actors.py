@@ -37,7 +37,15 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, SkipMessage
 
-from service.contracts import ACTOR, INDEX_ACTOR, INDEX_QUEUE, QUEUE, by_tenant
+from service.contracts import (
+    ACTOR,
+    BACKFILL_ACTOR,
+    BACKFILL_QUEUE,
+    INDEX_ACTOR,
+    INDEX_QUEUE,
+    QUEUE,
+    by_tenant,
+)
 from workers.provider import BadAnswer, Provider, Unavailable
 from workers.store import Key, Result, Row, Saved, parse_keys
 
@@ -266,3 +274,17 @@ def declare_index(
         indexing.index(keys)
 
     return _actor(broker, INDEX_ACTOR, INDEX_QUEUE, settings)(index_messages)
+
+
+def declare_recovered(
+    broker: dramatiq.Broker,
+    handle: Callable[[list[list[str]], int], None],
+    settings: Settings,
+) -> dramatiq.Actor[Any, Any]:
+    """Register ``index_recovered`` (messages a backfill recovered) on ``broker``: ``handle``
+    indexes and analyses them, or puts them back for later while live traffic waits."""
+
+    def index_recovered(keys: list[list[str]], deferrals: int = 0) -> None:
+        handle(keys, deferrals)
+
+    return _actor(broker, BACKFILL_ACTOR, BACKFILL_QUEUE, settings)(index_recovered)

@@ -24,7 +24,14 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from service.contracts import INDEX_QUEUE, QUEUE, message_args, publish_analyzed, redis_broker
+from service.contracts import (
+    BACKFILL_QUEUE,
+    INDEX_QUEUE,
+    QUEUE,
+    message_args,
+    publish_analyzed,
+    redis_broker,
+)
 from workers.store import Key
 
 if TYPE_CHECKING:
@@ -34,6 +41,9 @@ log = logging.getLogger("sense.worker")
 
 WORKER_TIMEOUT_MS = 100  # how long an idle consumer waits between polls: bounds the latency
 BROKER_SOCKET_TIMEOUT = 5.0
+# a recovered batch waits this long while live work is queued, this many times at most (~10 min)
+RECOVERED_DEFER_MS = 1000
+RECOVERED_MAX_DEFERRALS = 600
 
 
 class Frames:
@@ -58,7 +68,14 @@ class WorkerProcess:
     def __init__(self, settings: Settings, threads: int, provider: Any = None) -> None:
         import dramatiq
 
-        from workers.actors import Enrichment, Indexing, declare, declare_index, middleware
+        from workers.actors import (
+            Enrichment,
+            Indexing,
+            declare,
+            declare_index,
+            declare_recovered,
+            middleware,
+        )
         from workers.provider import build_provider
         from workers.reconciler import Reconciler
         from workers.store import Store
@@ -84,6 +101,9 @@ class WorkerProcess:
         self.actor = declare(self.broker, self.enrichment, settings)
         self.indexing = Indexing(self.store, self.forward)
         self.index_actor = declare_index(self.broker, self.indexing, settings)
+        # recovered by a backfill: indexed and analysed here, in order, once live work is done
+        self.recovered = Indexing(self.store, self._analyze_recovered)
+        self.recovered_actor = declare_recovered(self.broker, self._recovered, settings)
         self.worker = dramatiq.Worker(
             self.broker,
             queues={QUEUE},
@@ -93,6 +113,9 @@ class WorkerProcess:
         # its own consumer and thread: indexing never waits behind the analysis backlog
         self.index_worker = dramatiq.Worker(
             self.broker, queues={INDEX_QUEUE}, worker_threads=1, worker_timeout=WORKER_TIMEOUT_MS
+        )
+        self.recovered_worker = dramatiq.Worker(
+            self.broker, queues={BACKFILL_QUEUE}, worker_threads=1, worker_timeout=WORKER_TIMEOUT_MS
         )
         self.reconciler = Reconciler(
             self.store,
@@ -112,6 +135,25 @@ class WorkerProcess:
     def forward(self, keys: list[Key]) -> None:
         self.actor.send(message_args(keys))
 
+    def _analyze_recovered(self, keys: list[Key]) -> None:
+        self.enrichment.analyze(keys)
+
+    def live_backlog(self) -> int:
+        """Jobs waiting on the live queues (index and analysis)."""
+        client = self.broker.client
+        return sum(int(client.llen(f"{self.broker.namespace}:{q}")) for q in (INDEX_QUEUE, QUEUE))
+
+    def _recovered(self, keys: list[list[str]], deferrals: int) -> None:
+        """Recovered messages wait while live traffic is queued (at most
+        ``RECOVERED_MAX_DEFERRALS`` times ``RECOVERED_DEFER_MS``), then are indexed and analysed
+        in this thread."""
+        if deferrals < RECOVERED_MAX_DEFERRALS and self.live_backlog():
+            self.recovered_actor.send_with_options(
+                args=(keys,), kwargs={"deferrals": deferrals + 1}, delay=RECOVERED_DEFER_MS
+            )
+            return
+        self.recovered.index(keys)
+
     def _expired(self, keys: list[Key]) -> None:
         from workers.reconciler import EXPIRED_REASON
 
@@ -124,6 +166,7 @@ class WorkerProcess:
         self.broker.emit_after("process_boot")  # starts TimeLimit's watchdog
         self.worker.start()
         self.index_worker.start()
+        self.recovered_worker.start()
         for name, target, args in (
             (
                 "sense-query-embed",
@@ -137,12 +180,16 @@ class WorkerProcess:
             self._threads.append(thread)
         log.info(
             "worker ready",
-            extra={"queues": [INDEX_QUEUE, QUEUE], "threads": self.worker.worker_threads},
+            extra={
+                "queues": [INDEX_QUEUE, QUEUE, BACKFILL_QUEUE],
+                "threads": self.worker.worker_threads,
+            },
         )
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stop_event.set()
         self.index_worker.stop(timeout=int(timeout * 1000))
+        self.recovered_worker.stop(timeout=int(timeout * 1000))
         self.worker.stop(timeout=int(timeout * 1000))
         for thread in self._threads:
             thread.join(5)

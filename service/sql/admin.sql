@@ -50,16 +50,3 @@ WHERE source_id = $1
 
 -- name: source_evolution
 SELECT source_id, name, evolution_url, evolution_apikey FROM sources WHERE source_id = $1
-
--- name: mark_backfilled
-UPDATE messages AS m SET origin = 'backfill'
-FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(tenant_id, instance_id, message_id)
-WHERE m.tenant_id = k.tenant_id AND m.instance_id = k.instance_id
-  AND m.message_id = k.message_id AND m.origin IS NULL
-
--- name: backfill_instance
--- Every registered instance of that name, with its source's Evolution URL and key.
-SELECT i.tenant_id, i.instance_id, i.source_id, i.name, s.name AS source,
-       s.evolution_url, s.evolution_apikey
-FROM instances AS i JOIN sources AS s USING (source_id)
-WHERE i.name = $1

@@ -108,9 +108,13 @@ ORDER BY c.last_message_ts DESC NULLS LAST, c.chat_jid
 LIMIT $3
 
 -- name: list_instances
-SELECT name, state, state_reason, owner_jid, profile_name, state_at, qr_code, qr_base64,
-       pairing_code, qr_at
-FROM instances WHERE tenant_id = $1 ORDER BY name
+SELECT i.name, i.state, i.state_reason, i.owner_jid, i.profile_name, i.state_at, i.qr_code,
+       i.qr_base64, i.pairing_code, i.qr_at,
+       (SELECT max(c.last_message_ts) FROM chats AS c
+        WHERE c.tenant_id = i.tenant_id AND c.instance_id = i.instance_id) AS last_message_ts,
+       b.last_sweep_at, b.gaps_found, b.recovered, b.last_gap_at
+FROM instances AS i LEFT JOIN backfill_state AS b USING (instance_id)
+WHERE i.tenant_id = $1 ORDER BY i.name
 
 -- name: quarantine_held
 SELECT source_id, count(*) AS events, coalesce(sum(octet_length(body)), 0)::bigint AS bytes
