@@ -51,6 +51,7 @@ log = logging.getLogger("sense.backfill")
 
 PAGE_SIZE = 100
 RETRIES = 3
+BACKOFF = 1.0  # seconds before the first retry of a failed request, doubling
 SLICE_SECONDS = 3600.0  # a job reads its window an hour at a time (the cursor stays small)
 
 
@@ -118,7 +119,7 @@ class Evolution:
             except httpx.HTTPError as exc:
                 if attempt == RETRIES:
                     raise BackfillError(f"Evolution unreachable: {exc.__class__.__name__}") from exc
-                await asyncio.sleep(2**attempt)
+                await asyncio.sleep(BACKOFF * 2**attempt)
                 continue
             if r.status_code == 200:
                 messages = r.json().get("messages")
@@ -128,7 +129,7 @@ class Evolution:
             self._refuse(r, instance)
             if attempt == RETRIES:
                 raise BackfillError(f"Evolution answered {r.status_code} {RETRIES + 1} times")
-            await asyncio.sleep(2**attempt)
+            await asyncio.sleep(BACKOFF * 2**attempt)
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -483,9 +484,6 @@ class Runner:
         try:
             await asyncio.wait({heartbeat, work}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():  # the heartbeat found the lease gone
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError, LeaseLost):
-                    await work
                 return "lost"
             try:
                 work.result()
@@ -500,10 +498,10 @@ class Runner:
             except Exception as exc:
                 log.exception("backfill job %s failed", job.job_id)
                 error = f"internal error ({exc.__class__.__name__})"
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
-                await heartbeat
+        finally:  # also when this task is cancelled (the process stops): nothing left running
+            for task in (heartbeat, work):
+                task.cancel()
+            await asyncio.gather(heartbeat, work, return_exceptions=True)
         state = "failed" if error else "done"
         async with self.pool.acquire() as conn:
             finished = await conn.fetchval(

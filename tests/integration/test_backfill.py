@@ -5,12 +5,15 @@ stored keys with @lid and remoteJidAlt, statuses in MessageUpdate[], 401, 404, L
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,8 +21,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service import admin, backfill
-from tests.integration.conftest import Deployment, upsert
+from service import admin, backfill, db
+from service.resolve import Instance
+from service.settings import load_settings
+from tests.integration import polling
+from tests.integration.conftest import ADMIN, Deployment, upsert
 
 KEY = "EVO-GLOBAL-KEY"
 T0 = 1_781_517_600  # 2026-06-15T10:00:00Z
@@ -30,6 +36,11 @@ class FakeEvolution:
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.license_required = False
         self.calls: list[dict[str, Any]] = []
+        self.failures: list[int] = []  # statuses answered first, one per request (5xx...)
+        self.hold_page: int | None = None  # the next request for this page waits for release
+        self.holding = threading.Event()  # set while that request waits
+        self.release = threading.Event()
+        self.slow: list[float] = []  # seconds before the answer, one per request
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +50,15 @@ class FakeEvolution:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.calls.append(body)
+                if fake.hold_page is not None and body.get("page") == fake.hold_page:
+                    fake.hold_page = None
+                    fake.holding.set()
+                    fake.release.wait(30)
+                if fake.slow:
+                    time.sleep(fake.slow.pop(0))
+                if fake.failures:
+                    status = fake.failures.pop(0)
+                    return self._send(status, {"status": status, "error": "Internal Server Error"})
                 if fake.license_required:
                     return self._send(
                         503, {"error": "service not activated", "code": "LICENSE_REQUIRED"}
@@ -80,6 +100,7 @@ def evolution() -> Iterator[FakeEvolution]:
     thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
     thread.start()
     yield fake
+    fake.release.set()
     fake.server.shutdown()
     fake.server.server_close()
 
@@ -196,3 +217,268 @@ async def test_the_cli_prints_the_summary_line(
     assert out.stdout.strip() == "backfill: pages=1 found=1 new=1"
     r = await asyncio.to_thread(sense, "--instance", "nobody", "--since", "1h")
     assert r.returncode == 1 and "no registered instance 'nobody'" in r.stderr
+
+
+# Jobs: durable, resumable, one per instance, triggered by the service itself ------------------
+
+
+def recent(seconds_ago: int) -> int:
+    return int(time.time()) - seconds_ago
+
+
+async def _jobs_setup(conn: asyncpg.Connection, evolution: FakeEvolution) -> Instance:
+    """Tenant acme, source evo (with its Evolution URL) and instance acme-main, no server."""
+    await admin.create_tenant(conn, "acme")
+    await admin.create_source(conn, "evo", False, evolution.url, KEY)
+    await admin.add_instance(conn, "acme", "evo", "acme-main", None, None)
+    instance, _, _ = await backfill.instance_to_fill(conn, "acme-main", None)
+    return instance
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(database_url, 4, 10)
+    yield p
+    await p.close()
+
+
+def runner(pool: asyncpg.Pool, database_url: str, **settings: Any) -> backfill.Runner:
+    return backfill.Runner(
+        pool, load_settings({}, database_url=database_url, **settings), page_size=2
+    )
+
+
+async def _job(conn: asyncpg.Connection, job_id: uuid.UUID) -> Any:
+    return await conn.fetchrow("SELECT * FROM backfill_jobs WHERE job_id = $1", job_id)
+
+
+async def _stored_once(conn: asyncpg.Connection, ids: list[str]) -> None:
+    rows = await conn.fetch(
+        "SELECT message_id, count(*) AS n FROM messages WHERE message_id = ANY($1)"
+        " GROUP BY message_id",
+        ids,
+    )
+    assert {r["message_id"]: r["n"] for r in rows} == {i: 1 for i in ids}
+
+
+async def test_a_job_whose_runner_dies_is_resumed_from_its_last_page_by_another(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, database_url: str, evolution: FakeEvolution
+) -> None:
+    instance = await _jobs_setup(conn, evolution)
+    ids = [f"RS{n}" for n in range(5)]
+    evolution.records["acme-main"] = [stored(m, T0 + 10 * n, m) for n, m in enumerate(ids)]
+    start = datetime.fromtimestamp(T0 - 60, UTC)
+    job_id = await backfill.create(conn, instance, start, start + timedelta(minutes=5))
+    first = runner(pool, database_url, backfill_lease_seconds=1)
+    second = runner(pool, database_url, backfill_lease_seconds=1)
+    claims = await asyncio.gather(first.claim(job_id), second.claim(job_id))
+    assert sum(c is not None for c in claims) == 1  # one claim wins, whoever asks
+    job = claims[0] or claims[1]
+    holder, other = (first, second) if claims[0] else (second, first)
+    evolution.hold_page = 2
+    dying = asyncio.create_task(holder.execute(job))
+    assert await asyncio.to_thread(evolution.holding.wait, 10)
+    row = await _job(conn, job_id)
+    assert (row["state"], row["pages"], row["new"]) == ("running", 1, 2)
+    dying.cancel()  # the process dies with page 2 in flight; its lease is left to run out
+    with contextlib.suppress(asyncio.CancelledError):
+        await dying
+    assert await other.claim(job_id) is None  # not while the lease holds
+    await asyncio.sleep(1.2)
+    resumed = await other.claim(job_id)
+    assert resumed is not None and resumed.cursor.page == 2 and resumed.done.pages == 1
+    asked = len(evolution.calls)
+    evolution.release.set()
+    assert await other.execute(resumed) == "done"
+    assert [c["page"] for c in evolution.calls[asked:]] == [2, 3]  # page 1 not asked again
+    row = await _job(conn, job_id)
+    assert (row["state"], row["pages"], row["found"], row["new"]) == ("done", 3, 5, 5)
+    await _stored_once(conn, ids)
+
+
+async def test_a_runner_that_lost_its_lease_merges_nothing_more(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, database_url: str, evolution: FakeEvolution
+) -> None:
+    instance = await _jobs_setup(conn, evolution)
+    ids = [f"LL{n}" for n in range(3)]
+    evolution.records["acme-main"] = [stored(m, T0 + 10 * n, m) for n, m in enumerate(ids)]
+    start = datetime.fromtimestamp(T0 - 60, UTC)
+    job_id = await backfill.create(conn, instance, start, start + timedelta(minutes=5))
+    stalled, other = runner(pool, database_url), runner(pool, database_url)
+    job = await stalled.claim(job_id)
+    assert job is not None
+    evolution.hold_page = 1
+    late = asyncio.create_task(stalled.execute(job))
+    assert await asyncio.to_thread(evolution.holding.wait, 10)
+    # it stalled past its lease (a long GC pause, a frozen VM): another runner takes over
+    await conn.execute("UPDATE backfill_jobs SET lease_until = now() - interval '1 second'")
+    taken = await other.claim(job_id)
+    assert taken is not None
+    assert await other.execute(taken) == "done"
+    evolution.release.set()
+    assert await late == "lost"  # its page's merge and checkpoint were refused together
+    row = await _job(conn, job_id)
+    assert (row["state"], row["pages"], row["new"]) == ("done", 2, 3)
+    await _stored_once(conn, ids)
+
+
+async def test_job_errors_are_clear_and_transient_failures_are_retried(
+    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    database_url: str,
+    evolution: FakeEvolution,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(backfill, "BACKOFF", 0.01)
+    instance = await _jobs_setup(conn, evolution)
+    evolution.records["acme-main"] = [stored("ER1", T0, "ok")]
+    start = datetime.fromtimestamp(T0 - 60, UTC)
+    run = runner(pool, database_url, backfill_timeout_seconds=0.5)
+
+    async def one() -> Any:
+        job_id = await backfill.create(conn, instance, start, start + timedelta(minutes=5))
+        job = await run.claim(job_id)
+        assert job is not None
+        await run.execute(job)
+        return await _job(conn, job_id)
+
+    evolution.failures = [503] * (backfill.RETRIES + 1)
+    row = await one()
+    assert row["state"] == "failed" and "answered 503 4 times" in row["error"]
+    evolution.license_required = True
+    row = await one()
+    assert row["state"] == "failed" and "LICENSE_REQUIRED" in row["error"]
+    assert "activate" in row["error"]
+    evolution.license_required = False
+    evolution.failures, evolution.slow = [500], [0.0, 1.0]  # a 5xx, then a page too slow
+    row = await one()
+    assert (row["state"], row["error"], row["new"]) == ("done", None, 1)
+    assert await conn.fetchval("SELECT count(*) FROM messages") == 1
+
+
+async def test_start_up_and_sweep_ask_once_per_instance(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, database_url: str, evolution: FakeEvolution
+) -> None:
+    instance = await _jobs_setup(conn, evolution)
+    await admin.create_source(conn, "plain")  # no Evolution URL: never asked
+    await admin.add_instance(conn, "acme", "plain", "acme-other", None, None)
+    settings = load_settings({}, database_url=database_url)
+    woken: list[int] = []
+    triggers = backfill.Triggers(pool, settings, lambda: woken.append(1))
+    await triggers.at_start()
+    rows = await conn.fetch("SELECT * FROM backfill_jobs")
+    assert [(r["instance_id"], r["reason"], r["state"]) for r in rows] == [
+        (instance.instance_id, "startup", "queued")
+    ]
+    # nothing stored yet: from as far back as allowed
+    reach = rows[0]["window_to"] - rows[0]["window_from"]
+    assert reach == timedelta(seconds=settings.backfill_max_window_seconds)
+    await triggers.sweep()  # the queued job is widened, not doubled
+    await triggers.sweep()  # swept just now: not due
+    assert await conn.fetchval("SELECT count(*) FROM backfill_jobs") == 1
+    assert await conn.fetchval("SELECT count(*) FROM backfill_state") == 1
+    assert woken == [1]
+
+
+async def test_a_reconnect_recovers_what_was_dropped_exactly_once(
+    deployment: Deployment, conn: asyncpg.Connection, evolution: FakeEvolution
+) -> None:
+    """Webhooks delivered with some dropped on purpose; the instance goes down and comes back:
+    the service asks Evolution itself and every dropped message is stored once, under the
+    right tenant, chat and status, and counted on the instance."""
+    r = await deployment.client.patch(
+        "/api/admin/sources/evo",
+        json={"evolution_url": evolution.url, "evolution_apikey": KEY},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert r.status_code == 200, r.text
+    lid = {"remoteJid": "100000000000077@lid", "remoteJidAlt": "5511900000077@s.whatsapp.net"}
+    kept = {"RC1": recent(200), "RC3": recent(120)}
+    evolution.records["acme-main"] = [
+        stored("RC1", kept["RC1"], "chegou"),
+        stored("RC2", recent(150), "perdida") | {"MessageUpdate": [{"status": "READ"}]},
+        stored("RC3", kept["RC3"], "chegou também"),
+        stored("RC4", recent(90), "perdida, via lid", **lid),
+        stored("RC5", recent(30), "perdida no fim"),
+    ]
+    for mid, ts in kept.items():
+        body = upsert("acme-main", mid, "x", "5511900000011@s.whatsapp.net", messageTimestamp=ts)
+        assert (await deployment.post(body)).status_code == 200
+
+    def state(value: str) -> dict[str, Any]:
+        data = {"instance": "acme-main", "state": value, "statusReason": 200}
+        return {"event": "connection.update", "instance": "acme-main", "data": data}
+
+    assert (await deployment.post(state("close"))).status_code == 200
+    await polling.eventually(
+        lambda: conn.fetchval("SELECT down_at IS NOT NULL FROM backfill_state"), bool, 15
+    )
+    assert (await deployment.post(state("open"))).status_code == 200
+
+    async def finished() -> Any:
+        r = await deployment.client.get(
+            "/api/admin/backfill", headers={"Authorization": f"Bearer {ADMIN}"}
+        )
+        jobs = [j for j in r.json()["items"] if j["reason"] == "reconnect"]
+        return jobs and jobs[0]["state"] in ("done", "failed") and jobs[0]
+
+    job = await polling.eventually(finished, bool, 30)
+    assert job["state"] == "done", job
+    assert (job["instance"], job["new"]) == ("acme-main", 3)
+    await _stored_once(conn, [f"RC{n}" for n in range(1, 6)])
+    got = (await deployment.message("acme", "acme-main", "RC2")).json()
+    assert (got["status"], got["origin"]) == ("read", "backfill")
+    got = (await deployment.message("acme", "acme-main", "RC4")).json()
+    assert got["chat_jid"] == "5511900000077@s.whatsapp.net"
+    assert (await deployment.message("acme", "acme-main", "RC1")).json()["origin"] == "webhook"
+    assert (await deployment.message("globex", "acme-main", "RC2")).status_code == 404
+    items = (await deployment.get("/api/v1/instances", "acme")).json()["items"]
+    assert items[0]["backfill"]["messages_recovered"] == 3
+    assert items[0]["backfill"]["gaps_found"] == 1
+    mine = (await deployment.get("/api/v1/backfill", "acme")).json()["items"]
+    assert [j["job_id"] for j in mine] == [job["job_id"]]
+    assert (await deployment.get("/api/v1/backfill", "globex")).json()["items"] == []
+
+
+async def test_the_admin_api_asks_for_a_job_and_shows_its_progress(
+    deployment: Deployment, conn: asyncpg.Connection, evolution: FakeEvolution
+) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    evolution.records["acme-main"] = [stored("AP1", T0 + 5, "pela api")]
+    window = {"from": "2026-06-15T09:59:00Z", "to": "2026-06-15T10:10:00Z"}
+    no_url = await deployment.admin("/api/admin/backfill", {"instance": "acme-main", **window})
+    assert no_url.status_code == 422 and "evolution-url" in no_url.json()["detail"]
+    await deployment.client.patch(
+        "/api/admin/sources/evo",
+        json={"evolution_url": evolution.url, "evolution_apikey": KEY},
+        headers=auth,
+    )
+    nobody = await deployment.admin("/api/admin/backfill", {"instance": "nobody", **window})
+    assert nobody.status_code == 404
+    evolution.hold_page = 1  # keep the job running while a second one is asked for
+    r = await deployment.admin("/api/admin/backfill", {"instance": "acme-main", **window})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    again = await deployment.admin("/api/admin/backfill", {"instance": "acme-main", **window})
+    assert again.status_code == 409 and job_id in again.json()["detail"]
+    evolution.release.set()
+
+    async def done() -> Any:
+        got = (await deployment.client.get(f"/api/admin/backfill/{job_id}", headers=auth)).json()
+        return got["state"] in ("done", "failed") and got
+
+    job = await polling.eventually(done, bool, 30)
+    assert {k: job[k] for k in ("job_id", "instance", "state", "pages", "found", "new")} == {
+        "job_id": job_id,
+        "instance": "acme-main",
+        "state": "done",
+        "pages": 1,
+        "found": 1,
+        "new": 1,
+    }
+    assert job["error"] is None
+    for missing in ("00000000-0000-4000-8000-000000000000", "not-a-uuid"):
+        r = await deployment.client.get(f"/api/admin/backfill/{missing}", headers=auth)
+        assert r.status_code == 404
+    bare = await deployment.client.get(f"/api/admin/backfill/{job_id}")
+    assert bare.status_code == 401
