@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from service import admin, backfill, db
 from service.http import JSON, error
+from service.resources import ItemsOfJobs, JobCreated, job_from_row
 from service.state import Services
 
 
@@ -184,7 +185,9 @@ async def _request_backfill(s: Services, body: BackfillIn) -> Any:
             instance, _, _ = await backfill.instance_to_fill(
                 conn, body.instance, body.source, body.tenant
             )
-            job_id = await backfill.create(conn, instance, _utc(body.start), end)
+            job_id = await backfill.create(
+                conn, instance, _utc(body.start), end, s.settings.backfill_max_window_seconds
+            )
     except backfill.Busy as exc:
         raise admin.AdminError(
             409, exc.code, f"{exc} (GET /api/admin/backfill/{exc.job_id})"
@@ -193,7 +196,7 @@ async def _request_backfill(s: Services, body: BackfillIn) -> Any:
         raise admin.AdminError(exc.status, exc.code, str(exc)) from None
     if s.backfill is not None:
         s.backfill.wakeup.set()
-    return {"job_id": str(job_id)}
+    return JobCreated(str(job_id))
 
 
 async def _backfill_job(s: Services, body: Empty, job_id: str) -> Any:
@@ -203,12 +206,12 @@ async def _backfill_job(s: Services, body: Empty, job_id: str) -> Any:
         row = None
     if row is None:
         raise admin.AdminError(404, "not_found", f"no backfill job {job_id}")
-    return backfill.job_document(row)
+    return job_from_row(row)
 
 
 async def _backfill_jobs(s: Services, body: Empty) -> Any:
     rows = await s.pool.fetch(db.q("backfill_list"), None, 200)
-    return {"items": [backfill.job_document(r) for r in rows]}
+    return ItemsOfJobs([job_from_row(r) for r in rows])
 
 
 # path, body type, action, status of success, method

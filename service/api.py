@@ -15,9 +15,11 @@ from service.live.frames import decode_position, encode_position
 from service.requests import chat_forms, instance_filter, int_param, tenant_of, unauthorized
 from service.resources import (
     Chat,
+    ItemsOfJobs,
     MessagePage,
     instance_from_row,
     iso,
+    job_from_row,
     message_from_row,
     rounded_sentiment,
 )
@@ -142,8 +144,6 @@ async def list_instances(request: Request) -> Response:
 
 async def list_backfill(request: Request) -> Response:
     """The tenant's backfill jobs, newest first: what was looked for, and what was recovered."""
-    from service.backfill import job_document
-
     services: Services = request.app.state.services
     tenant = tenant_of(request)
     if tenant is None:
@@ -153,7 +153,7 @@ async def list_backfill(request: Request) -> Response:
     except ValueError as exc:
         return error(400, "invalid_parameter", str(exc))
     rows = await services.pool.fetch(db.q("backfill_list"), tenant.tenant_id, limit)
-    return JSON({"items": [job_document(r) for r in rows]})
+    return JSON(ItemsOfJobs([job_from_row(r) for r in rows]))
 
 
 async def messages_after(request: Request, tenant: Tenant) -> Response:

@@ -186,14 +186,17 @@ class Cursor:
     seen: list[str] = field(default_factory=list)
 
     @classmethod
-    def over(cls, start: datetime, end: datetime, slice_seconds: float = SLICE_SECONDS) -> Cursor:
-        """[start, end] in slices of at most ``slice_seconds``, the oldest read first."""
-        lo, hi = start.timestamp(), end.timestamp()
-        windows = []
-        while hi > lo:
-            windows.append((max(lo, hi - slice_seconds), hi))
-            hi -= slice_seconds
-        return cls(windows or [(lo, lo)])
+    def over(cls, start: datetime, end: datetime) -> Cursor:
+        return cls([(start.timestamp(), end.timestamp())])
+
+    def next_slice(self) -> bool:
+        """Before a window's first page: if it is longer than ``SLICE_SECONDS``, read its
+        oldest slice first and keep the rest for after (True: the windows changed)."""
+        lo, hi = self.windows[-1]
+        if self.page != 1 or hi - lo <= SLICE_SECONDS:
+            return False
+        self.windows[-1:] = [(lo + SLICE_SECONDS, hi), (lo, lo + SLICE_SECONDS)]
+        return True
 
     def dump(self) -> bytes:
         return msgspec.json.encode({"windows": self.windows, "page": self.page, "seen": self.seen})
@@ -259,6 +262,8 @@ async def advance(
     answers. Each page's records are merged, and the cursor moved past it, in one transaction
     (``save`` writes it): a job resumed elsewhere starts at the first page not merged."""
     while cursor.windows:
+        if cursor.next_slice():
+            continue
         lo, hi = cursor.windows[-1]
         start, end = (datetime.fromtimestamp(t, UTC) for t in (lo, hi))
         answer = await evolution.find_messages(instance.name, start, end, cursor.page, page_size)
@@ -344,32 +349,21 @@ class Job:
     done: Progress
 
 
-def job_document(row: Any) -> dict[str, Any]:
-    """A job as the admin and read APIs show it."""
-    return {
-        "job_id": str(row["job_id"]),
-        "instance": row["instance"],
-        "source": row["source"],
-        "reason": row["reason"],
-        "state": row["state"],
-        "from": row["window_from"].isoformat(),
-        "to": row["window_to"].isoformat(),
-        "pages": row["pages"],
-        "found": row["found"],
-        "new": row["new"],
-        "error": row["error"],
-        "created_at": row["created_at"].isoformat(),
-        "started_at": row["started_at"] and row["started_at"].isoformat(),
-        "finished_at": row["finished_at"] and row["finished_at"].isoformat(),
-    }
-
-
 async def create(
-    conn: asyncpg.Connection, instance: Instance, start: datetime, end: datetime
+    conn: asyncpg.Connection,
+    instance: Instance,
+    start: datetime,
+    end: datetime,
+    max_seconds: float = 31 * 86_400.0,
 ) -> uuid.UUID:
     """An on-demand job over [start, end]; ``Busy`` if the instance has one queued or running."""
     if end <= start:
         raise BackfillError("the window is empty: `to` must come after `from`")
+    if (end - start).total_seconds() > max_seconds:
+        raise BackfillError(
+            f"the window is longer than {max_seconds / 86_400:g} days"
+            " (SENSE_BACKFILL_MAX_WINDOW_SECONDS): ask for it in parts"
+        )
     job_id = await conn.fetchval(
         db.q("backfill_create"),
         instance.tenant_id,
@@ -623,9 +617,12 @@ class Triggers:
             self._next_sweep = time.monotonic() + min(60.0, self.settings.backfill_sweep_seconds)
 
     def _bounded(self, since: datetime | None, now: datetime) -> datetime:
+        """From ``since`` (less the margin), reaching back at most the longest window; with
+        nothing stored yet, as far back as a sweep looks."""
+        if since is None:
+            return now - timedelta(seconds=self.settings.backfill_sweep_window_seconds)
         oldest = now - timedelta(seconds=self.settings.backfill_max_window_seconds)
-        margin = timedelta(seconds=self.settings.backfill_margin_seconds)
-        return oldest if since is None else max(oldest, since - margin)
+        return max(oldest, since - timedelta(seconds=self.settings.backfill_margin_seconds))
 
     async def _request(
         self, conn: asyncpg.Connection, row: Any, reason: str, start: datetime, end: datetime

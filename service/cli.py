@@ -229,7 +229,9 @@ def cmd_backfill(env: Environment, args: argparse.Namespace) -> int:
                 conn, args.instance, args.source, args.tenant
             )
             try:
-                job_id = await backfill.create(conn, instance, start, end)
+                job_id = await backfill.create(
+                    conn, instance, start, end, settings.backfill_max_window_seconds
+                )
             except backfill.Busy as exc:
                 if exc.job_id is None:
                     raise

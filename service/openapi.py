@@ -16,7 +16,15 @@ import msgspec
 from service import admin, search
 from service import payloads as p
 from service.events import EVENT_TABLE, MAX_NAME_CHARS
-from service.resources import Chat, InstanceOut, Message, MessagePage
+from service.resources import (
+    BackfillJob,
+    Chat,
+    InstanceOut,
+    ItemsOfJobs,
+    JobCreated,
+    Message,
+    MessagePage,
+)
 
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _REF = "#/components/schemas/{name}"
@@ -154,6 +162,9 @@ def document() -> dict[str, Any]:
         Replayed,
         WebhookAnswer,
         Status,
+        BackfillJob,
+        ItemsOfJobs,
+        JobCreated,
     ]
     _, components = msgspec.json.schema_components(resource_types, ref_template=_REF)
     kinds = list(dict.fromkeys(_EVENT_DATA.values()))
@@ -248,6 +259,14 @@ def document() -> dict[str, Any]:
                 "summary": "Instances with connection state and latest QR",
                 "security": _BEARER,
                 "responses": {"200": _ok("ItemsOfInstances"), "401": unauthorized},
+            }
+        },
+        "/api/v1/backfill": {
+            "get": {
+                "summary": "The tenant's backfill jobs, newest first",
+                "security": _BEARER,
+                "parameters": [_query("limit", {**limit, "maximum": 500})],
+                "responses": {"200": _ok("ItemsOfJobs"), "400": bad, "401": unauthorized},
             }
         },
         "/api/v1/search": {
@@ -423,6 +442,61 @@ def document() -> dict[str, Any]:
                 },
             }
         }
+    admin_errors = {
+        "401": _error("bad admin token"),
+        "403": _error("admin API disabled"),
+    }
+    iso = {"type": "string", "format": "date-time"}
+    paths["/api/admin/backfill"] = {
+        "post": {
+            "summary": "Admin: ask Evolution for a window and merge what is missing (a job)",
+            "security": _BEARER,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "instance": name,
+                                "from": iso,
+                                "to": {**iso, "description": "default: now"},
+                                "source": {"type": ["string", "null"], "description": "id or name"},
+                                "tenant": {"type": ["string", "null"], "description": "id or name"},
+                            },
+                            "required": ["instance", "from"],
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "202": _ok("JobCreated", "Accepted: the job is queued"),
+                "400": _error("not JSON"),
+                **admin_errors,
+                "404": _error("no such instance"),
+                "409": _error("a job for that instance is queued or running"),
+                "413": _error("body over 64 KiB"),
+                "422": _error("invalid body, or the source has no Evolution URL and key"),
+            },
+        },
+        "get": {
+            "summary": "Admin: the latest backfill jobs, newest first",
+            "security": _BEARER,
+            "responses": {"200": _ok("ItemsOfJobs"), **admin_errors},
+        },
+    }
+    paths["/api/admin/backfill/{job_id}"] = {
+        "get": {
+            "summary": "Admin: one backfill job and its progress",
+            "security": _BEARER,
+            "parameters": [_path("job_id")],
+            "responses": {
+                "200": _ok("BackfillJob"),
+                **admin_errors,
+                "404": _error("no such job"),
+            },
+        }
+    }
     # an instance that requires an apikey must be given one
     for path in ("/api/admin/instances", "/api/admin/sources/{ref}/instances/{name}/apikey"):
         body = paths[path]["post"]["requestBody"]["content"]["application/json"]

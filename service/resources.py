@@ -170,3 +170,49 @@ def instance_from_row(r: Any) -> InstanceOut:
         if "gaps_found" in r.keys()
         else msgspec.UNSET,
     )
+
+
+class BackfillJob(msgspec.Struct):
+    """A backfill job as the admin and read APIs show it (service/backfill.py)."""
+
+    job_id: str
+    instance: str
+    source: str
+    reason: str  # demand | reconnect | startup | sweep
+    state: str  # queued | running | done | failed
+    start: str = msgspec.field(name="from")
+    end: str = msgspec.field(name="to")
+    pages: int = 0
+    found: int = 0  # records Evolution has for the window
+    new: int = 0  # of them, missing here and now stored
+    error: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+def job_from_row(r: Any) -> BackfillJob:
+    return BackfillJob(
+        job_id=str(r["job_id"]),
+        instance=r["instance"],
+        source=r["source"],
+        reason=r["reason"],
+        state=r["state"],
+        start=iso(r["window_from"]) or "",
+        end=iso(r["window_to"]) or "",
+        pages=r["pages"],
+        found=r["found"],
+        new=r["new"],
+        error=r["error"],
+        created_at=iso(r["created_at"]),
+        started_at=iso(r["started_at"]),
+        finished_at=iso(r["finished_at"]),
+    )
+
+
+class ItemsOfJobs(msgspec.Struct):
+    items: list[BackfillJob]
+
+
+class JobCreated(msgspec.Struct):
+    job_id: str

@@ -46,11 +46,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     quarantine_retention_days: float = 14.0
     # backfill (service/backfill.py): jobs run in every server process; a sweep every
     # backfill_sweep_seconds (0: none) over the last backfill_sweep_window_seconds; reconnect and
-    # start-up windows reach back at most backfill_max_window_seconds, plus a margin
+    # start-up windows start at the last message seen less a margin; no window is longer than
+    # backfill_max_window_seconds
     backfill_enabled: bool = True
     backfill_sweep_seconds: float = 1800.0
     backfill_sweep_window_seconds: float = 21_600.0
-    backfill_max_window_seconds: float = 7 * 86_400.0
+    backfill_max_window_seconds: float = 31 * 86_400.0
     backfill_margin_seconds: float = 300.0
     backfill_pages_per_second: float = (
         5.0  # findMessages requests per Evolution server, per process

@@ -370,9 +370,9 @@ async def test_start_up_and_sweep_ask_once_per_instance(
     assert [(r["instance_id"], r["reason"], r["state"]) for r in rows] == [
         (instance.instance_id, "startup", "queued")
     ]
-    # nothing stored yet: from as far back as allowed
+    # nothing stored yet: as far back as a sweep looks
     reach = rows[0]["window_to"] - rows[0]["window_from"]
-    assert reach == timedelta(seconds=settings.backfill_max_window_seconds)
+    assert reach == timedelta(seconds=settings.backfill_sweep_window_seconds)
     await triggers.sweep()  # the queued job is widened, not doubled
     await triggers.sweep()  # swept just now: not due
     assert await conn.fetchval("SELECT count(*) FROM backfill_jobs") == 1
@@ -455,6 +455,14 @@ async def test_the_admin_api_asks_for_a_job_and_shows_its_progress(
     )
     nobody = await deployment.admin("/api/admin/backfill", {"instance": "nobody", **window})
     assert nobody.status_code == 404
+    for start, end in (
+        ("2026-05-01T00:00:00Z", "2026-06-15T00:00:00Z"),
+        (window["to"], window["from"]),
+    ):
+        bad = await deployment.admin(
+            "/api/admin/backfill", {"instance": "acme-main", "from": start, "to": end}
+        )
+        assert bad.status_code == 422 and "window" in bad.json()["detail"]
     evolution.hold_page = 1  # keep the job running while a second one is asked for
     r = await deployment.admin("/api/admin/backfill", {"instance": "acme-main", **window})
     assert r.status_code == 202, r.text
@@ -482,3 +490,15 @@ async def test_the_admin_api_asks_for_a_job_and_shows_its_progress(
         assert r.status_code == 404
     bare = await deployment.client.get(f"/api/admin/backfill/{job_id}")
     assert bare.status_code == 401
+
+
+def test_a_long_window_is_read_an_hour_at_a_time_oldest_first() -> None:
+    start = datetime.fromtimestamp(T0, UTC)
+    cursor = backfill.Cursor.over(start, start + timedelta(hours=2, minutes=30))
+    read = []
+    while cursor.windows:
+        if cursor.next_slice():
+            continue
+        read.append(tuple(int(t - T0) for t in cursor.windows.pop()))
+    assert read == [(0, 3600), (3600, 7200), (7200, 9000)]
+    assert backfill.Cursor.load(cursor.dump()).windows == []

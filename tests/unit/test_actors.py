@@ -253,3 +253,30 @@ def test_the_time_limit_stops_a_stuck_attempt(local: LocalProvider) -> None:
         assert h.store.rows[key]["error"] == "time_limit: the analysis took too long"
     finally:
         h.close()
+
+
+def test_recovered_messages_wait_while_live_work_is_queued() -> None:
+    """The backfill queue's handler (workers/main.py): put back, with a delay, while the live
+    queues hold work; indexed (then analysed) once they are empty, or after enough waits."""
+    from types import SimpleNamespace
+
+    from workers.main import RECOVERED_DEFER_MS, RECOVERED_MAX_DEFERRALS, WorkerProcess
+
+    sent: list[tuple[Any, Any, int]] = []
+    indexed: list[list[list[str]]] = []
+    backlog = [3]
+    process = SimpleNamespace(
+        live_backlog=lambda: backlog[0],
+        recovered_actor=SimpleNamespace(
+            send_with_options=lambda args, kwargs, delay: sent.append((args, kwargs, delay))
+        ),
+        recovered=SimpleNamespace(index=indexed.append),
+    )
+    keys = message_args([(T1, I1, "R1")])
+    WorkerProcess._recovered(process, keys, 0)  # type: ignore[arg-type]
+    assert sent == [((keys,), {"deferrals": 1}, RECOVERED_DEFER_MS)] and indexed == []
+    WorkerProcess._recovered(process, keys, RECOVERED_MAX_DEFERRALS)  # type: ignore[arg-type]
+    assert indexed == [keys]  # waited long enough: taken despite the live backlog
+    backlog[0] = 0
+    WorkerProcess._recovered(process, keys, 1)  # type: ignore[arg-type]
+    assert indexed == [keys, keys] and len(sent) == 1
