@@ -158,6 +158,7 @@ function renderInstances() {
         inst.profile_name || inst.owner_jid
           ? h("div", { class: "owner muted" }, inst.profile_name || "", " ", phoneOf(inst.owner_jid))
           : null,
+        recoveredLine(inst.backfill),
         qr
           ? h("div", { class: "qr" },
               qr.base64 ? h("img", { src: qr.base64, alt: `QR code to pair ${inst.name}` }) : null,
@@ -165,6 +166,25 @@ function renderInstances() {
               h("div", { class: "muted" }, "Scan with WhatsApp › Linked devices"))
           : null));
   }
+}
+
+// what the gap checks recovered for an instance (service/backfill.py): messages Evolution had
+// and whose webhooks never arrived
+function recoveredLine(b) {
+  if (!b || !b.messages_recovered) return null;
+  const n = b.messages_recovered;
+  const when = b.last_gap_at ? `last gap filled ${new Date(b.last_gap_at).toLocaleString()}` : "";
+  return h("div", { class: "recovered muted", title: when },
+    `${n} message${n === 1 ? "" : "s"} recovered`);
+}
+
+// a recovered message arrived live: count it on its instance
+function countRecovered(m) {
+  const inst = state.instances.get(m.instance);
+  if (!inst) return;
+  inst.backfill = inst.backfill || { messages_recovered: 0 };
+  inst.backfill.messages_recovered += 1;
+  renderInstances();
 }
 
 // --- chats ---------------------------------------------------------------------------------------
@@ -569,6 +589,9 @@ function onFrame(f) {
       break;
     }
     case "message.created":
+      if (f.message.origin === "backfill" && !state.messages.has(keyOf(f.message))) {
+        countRecovered(f.message);
+      }
       onCreated(f.message, f.cursor);
       break;
     case "message.updated": {
@@ -592,7 +615,8 @@ function onFrame(f) {
     }
     case "instance.state":
     case "instance.qrcode":
-      state.instances.set(f.instance.name, f.instance);
+      // frames carry no `backfill` figures: keep the ones listed
+      state.instances.set(f.instance.name, { ...state.instances.get(f.instance.name), ...f.instance });
       renderInstances();
       break;
     case "resync": {

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from playwright.async_api import (
     Browser,
@@ -167,10 +168,20 @@ async def test_login_live_message_badge_and_search(browser: Browser, live: Live)
     earlier = uid("E")
     earlier_text = "Bom dia, preciso da segunda via do boleto"
     live.post(upsert("acme-main", earlier, earlier_text))
+    # a gap the checks filled earlier (service/backfill.py) is shown on the instance's panel
+    conn = await asyncpg.connect(live.database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO backfill_state (instance_id, gaps_found, recovered, last_gap_at)"
+            " SELECT instance_id, 1, 2, now() FROM instances WHERE name = 'acme-main'"
+        )
+    finally:
+        await conn.close()
     page, problems = await open_dashboard(browser, live, 1280, 800)
     await expect(page.locator("#tenant-name")).to_have_text("acme", timeout=TIMEOUT)
     instance = page.locator('#instances [data-instance="acme-main"]')
     await expect(instance.locator(".state")).to_have_text("pairing")
+    await expect(instance.locator(".recovered")).to_have_text("2 messages recovered")
     await expect(instance.locator(".qr img")).to_be_visible()
     await expect(page.locator(f'#messages [data-id="acme-main/{earlier}"]')).to_be_visible()
 
