@@ -222,6 +222,24 @@ def as_recovered(committed: Committed) -> Committed:
     return Committed(committed.created, committed.instances, rows, committed.rows)
 
 
+def apply_marks(ops: Ops, record: dict[str, Any]) -> None:
+    """What the stored row says beyond its content: an edit (``MessageUpdate`` ``EDITED``, 2.3.0+:
+    the row holds the new content, re-timestamped to the edit; edits made on WhatsApp Web fire
+    no webhook) is applied as an edit of that time; a delete marked on the key
+    (``key.deleted``, API deletes with ``DATABASE_DELETE_MESSAGE``) as a delete."""
+    key = record.get("key") or {}
+    updates = record.get("MessageUpdate") or []
+    edited = any(isinstance(u, dict) and u.get("status") == "EDITED" for u in updates)
+    stamp = record.get("messageTimestamp")
+    for op in ops.messages:
+        if op.message_id != key.get("id") or not op.has_content:
+            continue
+        if edited and op.text is not None and isinstance(stamp, int) and stamp > 0:
+            op.edited_text, op.edit_ts = op.text, stamp * 1000
+        if key.get("deleted") is True:
+            op.deleted = True
+
+
 async def merge_page(
     conn: asyncpg.Connection, instance: Instance, records: list[dict[str, Any]], done: Progress
 ) -> Committed:
@@ -232,9 +250,12 @@ async def merge_page(
     for record in records:
         try:
             envelope = payloads.envelope_decoder.decode(envelope_of(instance.name, record))
-            ops.extend(build_ops(envelope, instance).ops)
+            built = build_ops(envelope, instance).ops
         except (msgspec.DecodeError, msgspec.ValidationError, PayloadError, OverLimit):
             done.skipped += 1
+            continue
+        apply_marks(built, record)
+        ops.extend(built)
     if not ops.row_count():
         return Committed()
     committed = await write_ops(conn, ops)

@@ -502,3 +502,34 @@ def test_a_long_window_is_read_an_hour_at_a_time_oldest_first() -> None:
         read.append(tuple(int(t - T0) for t in cursor.windows.pop()))
     assert read == [(0, 3600), (3600, 7200), (7200, 9000)]
     assert backfill.Cursor.load(cursor.dump()).windows == []
+
+
+async def test_an_edit_and_a_delete_only_evolution_saw_are_applied(
+    deployment: Deployment, conn: asyncpg.Connection, evolution: FakeEvolution
+) -> None:
+    """Edits made on WhatsApp Web fire no webhook: the stored row holds the new content and an
+    EDITED update, re-timestamped to the edit."""
+    for mid in ("ED1", "DL1"):
+        body = upsert("acme-main", mid, "original", messageTimestamp=T0 + 10)
+        assert (await deployment.post(body)).status_code == 200
+    edited = stored("ED1", T0 + 90, "corrigido") | {"MessageUpdate": [{"status": "EDITED"}]}
+    deleted = stored("DL1", T0 + 10, "original")
+    deleted["key"]["deleted"] = True
+    evolution.records["acme-main"] = [edited, deleted]
+    instance = await _prepare(conn, evolution)
+    start = datetime.fromtimestamp(T0, UTC)
+    client = backfill.Evolution(evolution.url, KEY)
+    try:
+        done = await backfill.run(conn, client, instance, start, start + timedelta(minutes=5))
+    finally:
+        await client.aclose()
+    assert done.new == 0
+    row = await conn.fetchrow(
+        "SELECT text, edited_text, edit_ts FROM messages WHERE message_id = 'ED1'"
+    )
+    assert (row["text"], row["edited_text"], row["edit_ts"]) == (
+        "original",
+        "corrigido",
+        (T0 + 90) * 1000,
+    )
+    assert await conn.fetchval("SELECT deleted FROM messages WHERE message_id = 'DL1'")
