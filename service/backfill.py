@@ -52,6 +52,7 @@ log = logging.getLogger("sense.backfill")
 PAGE_SIZE = 100
 RETRIES = 3
 BACKOFF = 1.0  # seconds before the first retry of a failed request, doubling
+LOADING_WAIT = 30  # backoffs to wait for an instance Evolution is still loading
 SLICE_SECONDS = 3600.0  # a job reads its window an hour at a time (the cursor stays small)
 
 
@@ -129,7 +130,9 @@ class Evolution:
             self._refuse(r, instance)
             if attempt == RETRIES:
                 raise BackfillError(f"Evolution answered {r.status_code} {RETRIES + 1} times")
-            await asyncio.sleep(BACKOFF * 2**attempt)
+            loading = r.status_code == 500 and "reading 'fetchMessages'" in r.text
+            # an instance Evolution is still loading (its boot): give it time (§6)
+            await asyncio.sleep(BACKOFF * (LOADING_WAIT if loading else 2**attempt))
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -222,6 +225,11 @@ def as_recovered(committed: Committed) -> Committed:
     return Committed(committed.created, committed.instances, rows, committed.rows)
 
 
+def in_window(record: dict[str, Any], lo: float, hi: float) -> bool:
+    stamp = record.get("messageTimestamp")
+    return not isinstance(stamp, int) or int(lo) <= stamp <= hi
+
+
 def apply_marks(ops: Ops, record: dict[str, Any]) -> None:
     """What the stored row says beyond its content: an edit (``MessageUpdate`` ``EDITED``, 2.3.0+:
     the row holds the new content, re-timestamped to the edit; edits made on WhatsApp Web fire
@@ -277,6 +285,7 @@ async def advance(
     page_size: int = PAGE_SIZE,
     save: Save | None = None,
     hooks: Sequence[Hook] = (),
+    count_first: bool = False,
     report: Callable[[Progress], None] = lambda p: None,
 ) -> None:
     """Read ``cursor``'s windows to the end, one page at a time, newest first as Evolution
@@ -287,6 +296,21 @@ async def advance(
             continue
         lo, hi = cursor.windows[-1]
         start, end = (datetime.fromtimestamp(t, UTC) for t in (lo, hi))
+        if count_first and cursor.page == 1 and not cursor.seen:
+            # a sweep: when Evolution has as many rows as are stored here, skip the pages (a
+            # heuristic, §4.3: duplicates and edits count there; a mismatch is what matters)
+            answer = await evolution.find_messages(instance.name, start, end, 1, 1)
+            local = await conn.fetchval(
+                db.q("backfill_local_count"), instance.tenant_id, instance.instance_id, lo, hi
+            )
+            done.pages += 1
+            if int(answer.get("total") or 0) == local:
+                cursor.windows.pop()
+                async with conn.transaction():
+                    if save is not None:
+                        await save(conn, cursor, done)
+                report(done)
+                continue
         answer = await evolution.find_messages(instance.name, start, end, cursor.page, page_size)
         records = [r for r in answer.get("records") or [] if isinstance(r, dict)]
         total = int(answer.get("total") or 0)
@@ -294,6 +318,8 @@ async def advance(
         fresh = [r for r in records if str(r.get("id")) not in seen]
         cursor.seen += [str(r.get("id")) for r in fresh]
         done.pages += 1
+        # 2.2.0 has no time filter (it answers the whole history): keep the window's own
+        fresh = [r for r in fresh if in_window(r, lo, hi)]
         done.found += len(fresh)
         if not records or cursor.page >= int(answer.get("pages") or 0):
             cursor.windows.pop()
@@ -559,6 +585,7 @@ class Runner:
                     save=save,
                     hooks=self.hooks,
                     report=report,
+                    count_first=job.reason == "sweep",
                 )
         finally:
             await evolution.aclose()
@@ -646,7 +673,13 @@ class Triggers:
         return max(oldest, since - timedelta(seconds=self.settings.backfill_margin_seconds))
 
     async def _request(
-        self, conn: asyncpg.Connection, row: Any, reason: str, start: datetime, end: datetime
+        self,
+        conn: asyncpg.Connection,
+        row: Any,
+        reason: str,
+        start: datetime,
+        end: datetime,
+        not_before: datetime | None = None,
     ) -> None:
         await conn.execute(
             db.q("backfill_request"),
@@ -656,6 +689,7 @@ class Triggers:
             reason,
             start,
             end,
+            not_before or end,
         )
 
     async def at_start(self) -> None:
@@ -679,7 +713,11 @@ class Triggers:
                     rows = await conn.fetch(db.q("backfill_instances"), None)
                     newest = [r for r in rows if r["instance_id"] == row["instance_id"]]
                     down_at = newest[0]["last_message_ts"] if newest else None
-                await self._request(conn, row, "reconnect", self._bounded(down_at, now), now)
+                # messages queued while it was away arrive now by webhook, with their original
+                # times: the job waits for that before it looks (evolution-rest.md §4.3)
+                wait = timedelta(seconds=self.settings.backfill_reconnect_delay_seconds)
+                since = self._bounded(down_at, now)
+                await self._request(conn, row, "reconnect", since, now, now + wait)
 
     async def sweep(self) -> None:
         """Instances not swept for ``backfill_sweep_seconds``: a job over the last

@@ -53,6 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     backfill_sweep_window_seconds: float = 21_600.0
     backfill_max_window_seconds: float = 31 * 86_400.0
     backfill_margin_seconds: float = 300.0
+    backfill_reconnect_delay_seconds: float = 90.0  # after `open`, before the job looks
     backfill_pages_per_second: float = (
         5.0  # findMessages requests per Evolution server, per process
     )
@@ -163,6 +164,7 @@ _POSITIVE = {
 _NOT_NEGATIVE = {
     "backfill_sweep_seconds",
     "backfill_margin_seconds",
+    "backfill_reconnect_delay_seconds",
     "ai_max_retries",
     "enrich_max_retries",
     "enqueue_linger_seconds",

@@ -21,13 +21,16 @@ ON CONFLICT (instance_id) WHERE state IN ('queued', 'running') DO NOTHING
 RETURNING job_id
 
 -- name: backfill_request
--- A job asked for by a check (reconnect, start-up, sweep): a queued job of the instance is
--- widened to cover the new window too; a running one is left alone (none is created).
-INSERT INTO backfill_jobs (tenant_id, instance_id, source_id, reason, window_from, window_to)
-VALUES ($1, $2, $3, $4, $5, $6)
+-- A job asked for by a check (reconnect, start-up, sweep), not to start before $7: a queued job
+-- of the instance is widened to cover the new window too (and waits as long as either); a
+-- running one is left alone (none is created).
+INSERT INTO backfill_jobs (tenant_id, instance_id, source_id, reason, window_from, window_to,
+                           not_before)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (instance_id) WHERE state IN ('queued', 'running')
 DO UPDATE SET window_from = least(backfill_jobs.window_from, EXCLUDED.window_from),
-              window_to = greatest(backfill_jobs.window_to, EXCLUDED.window_to)
+              window_to = greatest(backfill_jobs.window_to, EXCLUDED.window_to),
+              not_before = greatest(backfill_jobs.not_before, EXCLUDED.not_before)
 WHERE backfill_jobs.state = 'queued' AND backfill_jobs.cursor IS NULL
 RETURNING job_id
 
@@ -47,7 +50,8 @@ SET state = 'running', owner = $1, lease_until = now() + make_interval(secs => $
     started_at = coalesce(j.started_at, now())
 WHERE j.job_id = (
     SELECT c.job_id FROM backfill_jobs AS c
-    WHERE (c.state = 'queued' OR (c.state = 'running' AND c.lease_until < now()))
+    WHERE (c.state = 'queued' AND c.not_before <= now()
+           OR c.state = 'running' AND c.lease_until < now())
       AND ($3::uuid IS NULL OR c.job_id = $3)
       AND (SELECT count(*) FROM backfill_jobs AS r
            WHERE r.source_id = c.source_id AND r.state = 'running'
@@ -56,6 +60,13 @@ WHERE j.job_id = (
     LIMIT 1)
 RETURNING j.job_id, j.tenant_id, j.instance_id, j.source_id, j.reason, j.window_from,
           j.window_to, j.cursor, j.pages, j.found, j.new
+
+-- name: backfill_local_count
+-- Messages stored for an instance in [$3, $4] (Evolution's messageTimestamp is whole seconds):
+-- what a sweep compares with Evolution's total before reading any page.
+SELECT count(*) FROM messages
+WHERE tenant_id = $1 AND instance_id = $2 AND has_content
+  AND message_ts >= to_timestamp(floor($3::float8)) AND message_ts <= to_timestamp($4::float8)
 
 -- name: backfill_target
 SELECT i.name, s.evolution_url, s.evolution_apikey

@@ -20,14 +20,16 @@ from typing import Any
 
 import asyncpg
 import pytest
+from starlette.applications import Starlette
 
 from service import admin, backfill, db
 from service.resolve import Instance
 from service.settings import load_settings
 from tests.integration import polling
-from tests.integration.conftest import ADMIN, Deployment, upsert
+from tests.integration.conftest import ADMIN, Deployment, running_app, upsert
 
 KEY = "EVO-GLOBAL-KEY"
+LOADING = "Cannot read properties of undefined (reading 'fetchMessages')"
 T0 = 1_781_517_600  # 2026-06-15T10:00:00Z
 
 
@@ -37,6 +39,7 @@ class FakeEvolution:
         self.license_required = False
         self.calls: list[dict[str, Any]] = []
         self.failures: list[int] = []  # statuses answered first, one per request (5xx...)
+        self.loading = False  # a 500 says the instance is still loading (Evolution's boot)
         self.hold_page: int | None = None  # the next request for this page waits for release
         self.holding = threading.Event()  # set while that request waits
         self.release = threading.Event()
@@ -58,7 +61,15 @@ class FakeEvolution:
                     time.sleep(fake.slow.pop(0))
                 if fake.failures:
                     status = fake.failures.pop(0)
-                    return self._send(status, {"status": status, "error": "Internal Server Error"})
+                    message = LOADING if status == 500 and fake.loading else "Internal Server Error"
+                    return self._send(
+                        status,
+                        {
+                            "status": status,
+                            "error": "Internal Server Error",
+                            "response": {"message": message},
+                        },
+                    )
                 if fake.license_required:
                     return self._send(
                         503, {"error": "service not activated", "code": "LICENSE_REQUIRED"}
@@ -92,6 +103,13 @@ class FakeEvolution:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+async def app(conn: asyncpg.Connection, database_url: str) -> AsyncIterator[Starlette]:
+    """The app with a short wait after a reconnect (90 s by default)."""
+    async with running_app(database_url, backfill_reconnect_delay_seconds=1) as application:
+        yield application
 
 
 @pytest.fixture
@@ -350,6 +368,11 @@ async def test_job_errors_are_clear_and_transient_failures_are_retried(
     assert row["state"] == "failed" and "LICENSE_REQUIRED" in row["error"]
     assert "activate" in row["error"]
     evolution.license_required = False
+    evolution.failures, evolution.loading = [500], True  # still loading the instance
+    row = await one()
+    assert (row["state"], row["new"]) == ("done", 1)
+    evolution.loading = False
+    await conn.execute("DELETE FROM messages")
     evolution.failures, evolution.slow = [500], [0.0, 1.0]  # a 5xx, then a page too slow
     row = await one()
     assert (row["state"], row["error"], row["new"]) == ("done", None, 1)
@@ -414,6 +437,14 @@ async def test_a_reconnect_recovers_what_was_dropped_exactly_once(
         lambda: conn.fetchval("SELECT down_at IS NOT NULL FROM backfill_state"), bool, 15
     )
     assert (await deployment.post(state("open"))).status_code == 200
+    queued = await polling.eventually(
+        lambda: conn.fetchrow("SELECT * FROM backfill_jobs WHERE reason = 'reconnect'"),
+        lambda row: row is not None,
+        15,
+    )
+    # it waits for the offline queue to drain, and looks back from when the instance went down
+    assert queued["not_before"] - queued["window_to"] == timedelta(seconds=1)
+    assert queued["window_from"] < datetime.fromtimestamp(recent(200), UTC)
 
     async def finished() -> Any:
         r = await deployment.client.get(
@@ -533,3 +564,42 @@ async def test_an_edit_and_a_delete_only_evolution_saw_are_applied(
         (T0 + 90) * 1000,
     )
     assert await conn.fetchval("SELECT deleted FROM messages WHERE message_id = 'DL1'")
+
+
+async def test_a_sweep_reads_no_page_where_the_counts_agree(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, database_url: str, evolution: FakeEvolution
+) -> None:
+    instance = await _jobs_setup(conn, evolution)
+    hour = 3600
+    # first hour: both sides have SW1; second hour: Evolution has SW2 and SW3, we have SW2
+    evolution.records["acme-main"] = [
+        stored("SW1", T0 + 100, "um"),
+        stored("SW2", T0 + hour + 100, "dois"),
+        stored("SW3", T0 + hour + 200, "três, perdida"),
+    ]
+    start = datetime.fromtimestamp(T0, UTC)
+    for mid, ts in (("SW1", T0 + 100), ("SW2", T0 + hour + 100)):
+        record = stored(mid, ts, "x")
+        await backfill.merge_page(conn, instance, [record], backfill.Progress())
+    await conn.execute("UPDATE messages SET origin = NULL")
+    await conn.execute(
+        "INSERT INTO backfill_jobs (tenant_id, instance_id, source_id, reason, window_from,"
+        " window_to) VALUES ($1, $2, $3, 'sweep', $4, $5)",
+        instance.tenant_id,
+        instance.instance_id,
+        instance.source_id,
+        start,
+        start + timedelta(hours=2),
+    )
+    run = runner(pool, database_url)
+    job = await run.claim()
+    assert job is not None and job.reason == "sweep"
+    assert await run.execute(job) == "done"
+    asked = [(c["page"], c["offset"]) for c in evolution.calls]
+    assert asked == [(1, 1), (1, 1), (1, 2)]  # hour 1: counted only; hour 2: counted, read
+    await _stored_once(conn, ["SW1", "SW2", "SW3"])
+    row = await _job(conn, job.job_id)
+    assert (row["state"], row["new"]) == ("done", 1)
+    state = await conn.fetchrow("SELECT * FROM backfill_state")
+    assert (state["gaps_found"], state["recovered"]) == (1, 1)
+    assert state["last_sweep_at"] is not None

@@ -12,6 +12,8 @@ CREATE TABLE backfill_jobs (
     window_from  timestamptz NOT NULL,
     window_to    timestamptz NOT NULL,
     state        text NOT NULL DEFAULT 'queued',  -- queued | running | done | failed
+    not_before   timestamptz NOT NULL DEFAULT now(),  -- a reconnect's job waits for the
+                                                      -- offline queue to drain first
     cursor       jsonb,
     pages        integer NOT NULL DEFAULT 0,
     found        integer NOT NULL DEFAULT 0,
