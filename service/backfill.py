@@ -465,12 +465,12 @@ class Runner:
         settings: Settings,
         hooks: Sequence[Hook] = (),
         *,
-        page_size: int = PAGE_SIZE,
+        page_size: int | None = None,
     ) -> None:
         self.pool = pool
         self.settings = settings
         self.hooks = list(hooks)
-        self.page_size = page_size
+        self.page_size = page_size or settings.backfill_page_size
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.pace = Pace(settings.backfill_pages_per_second)
         self.lease = settings.backfill_lease_seconds
@@ -561,7 +561,7 @@ class Runner:
                 "pages": job.done.pages,
                 "found": job.done.found,
                 "new": job.done.new,
-                "error": error,
+                **({"error": error} if error else {}),
             },
         )
         return state

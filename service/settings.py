@@ -54,9 +54,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     backfill_max_window_seconds: float = 31 * 86_400.0
     backfill_margin_seconds: float = 300.0
     backfill_reconnect_delay_seconds: float = 90.0  # after `open`, before the job looks
-    backfill_pages_per_second: float = (
-        5.0  # findMessages requests per Evolution server, per process
-    )
+    # findMessages: records per page (its `offset`), requests per second per server and process
+    backfill_page_size: int = 100
+    backfill_pages_per_second: float = 5.0
     backfill_jobs_per_server: int = 1  # jobs running at once per Evolution server, all processes
     backfill_poll_seconds: float = 2.0
     backfill_lease_seconds: float = 60.0
@@ -131,6 +131,7 @@ _POSITIVE = {
     "backfill_sweep_window_seconds",
     "backfill_max_window_seconds",
     "backfill_pages_per_second",
+    "backfill_page_size",
     "backfill_jobs_per_server",
     "backfill_poll_seconds",
     "backfill_lease_seconds",
