@@ -20,10 +20,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from starlette.applications import Starlette
 
 from service import admin, backfill, db
 from service.resolve import Instance
+from service.resources import message_from_row
+from service.rows import Committed
 from service.settings import load_settings
 from tests.integration import polling
 from tests.integration.conftest import ADMIN, Deployment, running_app, upsert
@@ -260,9 +263,11 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
-def runner(pool: asyncpg.Pool, database_url: str, **settings: Any) -> backfill.Runner:
+def runner(
+    pool: asyncpg.Pool, database_url: str, hooks: list[backfill.Hook] | None = None, **settings: Any
+) -> backfill.Runner:
     return backfill.Runner(
-        pool, load_settings({}, database_url=database_url, **settings), page_size=2
+        pool, load_settings({}, database_url=database_url, **settings), hooks or [], page_size=2
     )
 
 
@@ -287,8 +292,13 @@ async def test_a_job_whose_runner_dies_is_resumed_from_its_last_page_by_another(
     evolution.records["acme-main"] = [stored(m, T0 + 10 * n, m) for n, m in enumerate(ids)]
     start = datetime.fromtimestamp(T0 - 60, UTC)
     job_id = await backfill.create(conn, instance, start, start + timedelta(minutes=5))
-    first = runner(pool, database_url, backfill_lease_seconds=1)
-    second = runner(pool, database_url, backfill_lease_seconds=1)
+    seen: list[Committed] = []  # what the live stream and the workers are handed
+
+    async def hook(committed: Committed) -> None:
+        seen.append(committed)
+
+    first = runner(pool, database_url, [hook], backfill_lease_seconds=1)
+    second = runner(pool, database_url, [hook], backfill_lease_seconds=1)
     claims = await asyncio.gather(first.claim(job_id), second.claim(job_id))
     assert sum(c is not None for c in claims) == 1  # one claim wins, whoever asks
     job = claims[0] or claims[1]
@@ -312,6 +322,11 @@ async def test_a_job_whose_runner_dies_is_resumed_from_its_last_page_by_another(
     row = await _job(conn, job_id)
     assert (row["state"], row["pages"], row["found"], row["new"]) == ("done", 3, 5, 5)
     await _stored_once(conn, ids)
+    created = sorted(k[2] for c in seen for k in c.created)
+    assert created == sorted(ids)  # once each: the dead runner's page 2 was never committed
+    frames = [message_from_row(r, "acme-main") for c in seen for r in c.messages]
+    assert {m.message_id for m in frames} == set(ids)
+    assert {m.origin for m in frames} == {"backfill"}  # message.created frames say so
 
 
 async def test_a_runner_that_lost_its_lease_merges_nothing_more(
@@ -591,10 +606,25 @@ async def test_a_sweep_reads_no_page_where_the_counts_agree(
         start,
         start + timedelta(hours=2),
     )
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (
+        sample("sense_backfill_messages_total", outcome="new"),
+        sample("sense_backfill_messages_total", outcome="known"),
+        sample("sense_backfill_jobs_total", result="done"),
+    )
     run = runner(pool, database_url)
     job = await run.claim()
     assert job is not None and job.reason == "sweep"
     assert await run.execute(job) == "done"
+    after = (
+        sample("sense_backfill_messages_total", outcome="new"),
+        sample("sense_backfill_messages_total", outcome="known"),
+        sample("sense_backfill_jobs_total", result="done"),
+    )
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
     asked = [(c["page"], c["offset"]) for c in evolution.calls]
     assert asked == [(1, 1), (1, 1), (1, 2)]  # hour 1: counted only; hour 2: counted, read
     await _stored_once(conn, ["SW1", "SW2", "SW3"])
@@ -603,3 +633,39 @@ async def test_a_sweep_reads_no_page_where_the_counts_agree(
     state = await conn.fetchrow("SELECT * FROM backfill_state")
     assert (state["gaps_found"], state["recovered"]) == (1, 1)
     assert state["last_sweep_at"] is not None
+
+
+LID, PHONE = "100000000000033@lid", "5511900000033@s.whatsapp.net"
+# A stored record's key, version by version (evolution-rest.md §2.8), and the chat it belongs to.
+STORED_KEYS = {
+    "2.2.x": ({"remoteJid": LID}, LID),  # raw Baileys-6 key: no phone anywhere
+    "2.3.2": ({"remoteJid": PHONE, "previousRemoteJid": LID}, PHONE),  # swapped before the write
+    "2.3.4": ({"remoteJid": LID, "remoteJidAlt": PHONE}, PHONE),
+    "2.3.7": ({"remoteJid": LID, "remoteJidAlt": PHONE, "addressingMode": "lid"}, PHONE),
+    "2.4.0-rc": ({"remoteJid": LID, "remoteJidAlt": PHONE, "addressingMode": "lid"}, PHONE),
+}
+
+
+@pytest.mark.parametrize("version", sorted(STORED_KEYS))
+async def test_stored_records_of_every_version_land_in_the_right_chat(
+    version: str, deployment: Deployment, conn: asyncpg.Connection, evolution: FakeEvolution
+) -> None:
+    key, chat = STORED_KEYS[version]
+    record = stored("VS1", T0 + 10, "oi", **key)
+    if version == "2.4.0-rc":  # contextInfo is the device-list metadata; the text lost its quote
+        device = {"deviceListMetadata": {"senderTimestamp": "1781517000"}}
+        record["contextInfo"] = device
+        record["message"] = {"conversation": "oi", "messageContextInfo": device}
+    if version == "2.2.x":
+        record["pushName"] = None  # returned as stored (2.3.0+ invents one)
+    evolution.records["acme-main"] = [record]
+    instance = await _prepare(conn, evolution)
+    start = datetime.fromtimestamp(T0, UTC)
+    client = backfill.Evolution(evolution.url, KEY)
+    try:
+        done = await backfill.run(conn, client, instance, start, start + timedelta(minutes=5))
+    finally:
+        await client.aclose()
+    assert done.new == 1
+    got = (await deployment.message("acme", "acme-main", "VS1")).json()
+    assert (got["chat_jid"], got["text"], got["origin"]) == (chat, "oi", "backfill")
