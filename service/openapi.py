@@ -36,7 +36,12 @@ _EVOLUTION_REF = "#/components/schemas/evolution.{name}"
 BEFORE_CURSOR = r"^([0-9]{1,16}\.[0-9]{1,18})?$"
 AFTER_CURSOR = r"^(c[0-9]{1,18}\.[0-9]{1,18})?$"
 # Not only whitespace, as Python's str.strip() sees it (it also strips \x1c-\x1f and \x85).
-NON_BLANK = r"[^\s\x1c-\x1f\x85]"
+# And no NUL anywhere: a NUL in a path or query is refused (service.http.RejectNul), and Postgres
+# text cannot hold one.
+NON_BLANK = r"^[^\x00]*[^\s\x1c-\x1f\x85\x00][^\x00]*$"
+NO_NUL = r"^[^\x00]*$"
+# A message id: what the read API can name in a URL path (service/events.py refuses the rest).
+MESSAGE_ID = r"^[^\x01-\x1f\x7f]*$"
 
 
 class Error(msgspec.Struct):
@@ -91,11 +96,17 @@ def _ok(ref: str, description: str = "OK") -> dict[str, Any]:
 
 
 def _query(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    if schema.get("type") == "string" and "pattern" not in schema and "enum" not in schema:
+        schema = {**schema, "pattern": NO_NUL}
+    elif schema.get("type") == "integer":
+        # an empty value means "not given" (service.requests.int_param)
+        schema = {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
     return {"name": name, "in": "query", "required": required, "schema": schema}
 
 
-def _path(name: str, description: str = "") -> dict[str, Any]:
-    out = {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def _path(name: str, description: str = "", pattern: str = NO_NUL) -> dict[str, Any]:
+    schema = {"type": "string", "pattern": pattern}
+    out = {"name": name, "in": "path", "required": True, "schema": schema}
     if description:
         out["description"] = description
     return out
@@ -135,10 +146,21 @@ def _envelope(data_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"oneOf": branches}
 
 
+def _message_ids(schema: dict[str, Any]) -> None:
+    """The message ids of Evolution's types (``id``, ``keyId``): no control character."""
+    for name, prop in (schema.get("properties") or {}).items():
+        if name not in ("id", "keyId"):
+            continue
+        for branch in prop.get("anyOf", [prop]):
+            if branch.get("type") == "string":
+                branch["pattern"] = MESSAGE_ID
+
+
 def _admin_parameters(path: str) -> list[dict[str, Any]]:
     found = [_path("ref", "id or name")]
     if "{name}" in path:
-        found.append(_path("name", "the instance name"))
+        # a `path` segment: Starlette's `.*` stops at a newline
+        found.append(_path("name", "the instance name", r"^[^\x00\n]*$"))
     return found
 
 
@@ -169,6 +191,8 @@ def document() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(resource_types, ref_template=_REF)
     kinds = list(dict.fromkeys(_EVENT_DATA.values()))
     data_schemas, evolution = msgspec.json.schema_components(kinds, ref_template=_EVOLUTION_REF)
+    for schema in evolution.values():
+        _message_ids(schema)
     components.update({f"evolution.{name}": schema for name, schema in evolution.items()})
     by_kind = dict(zip(kinds, data_schemas, strict=True))
     components["WebhookEnvelope"] = _envelope(
@@ -234,7 +258,7 @@ def document() -> dict[str, Any]:
             "get": {
                 "summary": "One message",
                 "security": _BEARER,
-                "parameters": [_path("instance"), _path("message_id")],
+                "parameters": [_path("instance"), _path("message_id", pattern=MESSAGE_ID)],
                 "responses": {"200": _ok("Message"), "401": unauthorized, "404": not_found},
             }
         },

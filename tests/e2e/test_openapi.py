@@ -130,6 +130,10 @@ def test_route_conforms_to_the_schema(
         if params and "message_id" in params and len(params["message_id"]) % 2 == 0:
             params.update(instance=live.instance, message_id="MSG0")
         query = case.query
+        if query and query.get("mode") == "semantic":
+            # this server runs without Redis and a worker: semantic search answers its documented
+            # 503 (tests/integration/test_search.py runs it with both)
+            query["mode"] = "text"
         if mode == GenerationMode.POSITIVE and query and query.get("after") and "before" in query:
             del query["before"]  # exclusive (a 400 says so); OpenAPI cannot express it
         case.call_and_validate(base_url=live.url, checks=checks, excluded_checks=excluded)
