@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from service import admin, backfill, db
 from service.http import JSON, error
+from service.requests import MAX_JSON_BODY, BodyTooLarge, read_json
 from service.resources import ItemsOfJobs, JobCreated, job_from_row
 from service.state import Services
 
@@ -86,25 +87,6 @@ class BackfillIn(msgspec.Struct):
     tenant: str | None = None
 
 
-MAX_ADMIN_BODY = 64 * 1024  # an admin body is a few names and flags
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def _admin_body(request: Request, kind: type[Any]) -> Any:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_ADMIN_BODY:
-        raise BodyTooLarge()
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_ADMIN_BODY:
-            raise BodyTooLarge()
-    return msgspec.json.decode(body or b"{}", type=kind)
-
-
 def _admin_route(kind: type[Any], action: Any, status: int = 201) -> Any:
     """A POST handler: admin token, body decoded as ``kind``, then ``action(services, body,
     **path_params)``."""
@@ -115,14 +97,14 @@ def _admin_route(kind: type[Any], action: Any, status: int = 201) -> Any:
             return denied
         services: Services = request.app.state.services
         try:
-            payload = await _admin_body(request, kind)
+            payload = await read_json(request, kind)
             result = await action(services, payload, **request.path_params)
         except msgspec.ValidationError as exc:
             return error(422, "invalid_body", str(exc))
         except msgspec.DecodeError as exc:
             return error(400, "invalid_json", str(exc))
         except BodyTooLarge:
-            return error(413, "payload_too_large", f"admin body over {MAX_ADMIN_BODY} bytes")
+            return error(413, "payload_too_large", f"admin body over {MAX_JSON_BODY} bytes")
         except admin.AdminError as exc:
             return error(exc.status, exc.code, exc.detail)
         return JSON(result, status_code=status)

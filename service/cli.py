@@ -486,6 +486,10 @@ def cmd_run(env: Environment, args: argparse.Namespace) -> int:
         settings = env.settings = msgspec.structs.replace(
             settings, admin_token=os.environ["SENSE_ADMIN_TOKEN"]
         )
+    if "SENSE_FANOUT_ALLOW_PRIVATE" not in os.environ:
+        # a local demo's endpoints are local receivers (the server and its worker read it)
+        os.environ["SENSE_FANOUT_ALLOW_PRIVATE"] = "true"
+        settings = env.settings = msgspec.structs.replace(settings, fanout_allow_private=True)
     demo = _with_db(env, lambda conn: _ensure_demo(conn, data_dir))
     base = settings.base_url
     body = json.dumps(SAMPLE, ensure_ascii=False)
@@ -509,6 +513,8 @@ try it:
 """,
         flush=True,
     )
+    # the worker's samples (deliveries) land where the server's /metrics reads them
+    prepare_metrics_dir(settings.data_path)
     worker = start_worker_process()
     try:
         serve(settings, args.workers or run_web_workers(settings))

@@ -123,6 +123,7 @@ async def write_ops(conn: asyncpg.Connection, ops: Ops, *, lids_known: bool = Fa
         ops.qrcodes,
         ops.events,
         ops.quarantine,
+        ops.envelopes,
     )
     for r in rows:
         if r["created"]:

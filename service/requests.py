@@ -1,11 +1,13 @@
 """What every tenant route does first: the tenant from its bearer token, integer and instance
-parameters, the forms of a chat JID. Shared by the read API, search and the live stream."""
+parameters, the forms of a chat JID, a small JSON body. Shared by the read API, search, the
+live stream, the endpoints API and the admin API."""
 
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -71,3 +73,23 @@ def chat_forms(chat: str | None) -> list[str] | None:
         return [chat]  # no JID: matches what it literally names, i.e. nothing filed
     variant = phone_variant(canonical)
     return [canonical] if variant is None else [canonical, variant]
+
+
+MAX_JSON_BODY = 64 * 1024  # an admin or endpoint body is a few names, flags and a URL
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_json(request: Request, kind: type[Any]) -> Any:
+    """The body decoded as ``kind`` (``{}`` when empty); BodyTooLarge past MAX_JSON_BODY."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_JSON_BODY:
+        raise BodyTooLarge()
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise BodyTooLarge()
+    return msgspec.json.decode(body or b"{}", type=kind)

@@ -86,6 +86,8 @@ class Snapshot:
     # tenant -> {instance id: name}: the stream and the read API name rows with it per flush
     # and per request, so it must not cost a scan of every tenant's instances
     names_by_tenant: dict[uuid.UUID, dict[uuid.UUID, str]] = field(default_factory=dict)
+    # tenants with an endpoint in `evolution` mode: their message webhooks are kept as received
+    envelope_tenants: frozenset[uuid.UUID] = frozenset()
 
 
 class Registry:
@@ -125,6 +127,9 @@ class Registry:
     def tenant_instance(self, tenant_id: uuid.UUID, name: str) -> Instance | None:
         return self.snapshot.instances_by_tenant.get((tenant_id, name))
 
+    def keeps_envelopes(self, tenant_id: uuid.UUID) -> bool:
+        return tenant_id in self.snapshot.envelope_tenants
+
     def instance_names(self, tenant_id: uuid.UUID) -> Mapping[uuid.UUID, str]:
         """{instance id: name} of one tenant's instances (shared: do not modify)."""
         return self.snapshot.names_by_tenant.get(tenant_id, _NO_NAMES)
@@ -143,7 +148,8 @@ class Registry:
         sources = await conn.fetch(db.q("registry_sources"))
         tenants = await conn.fetch(db.q("registry_tenants"))
         instances = await conn.fetch(db.q("registry_instances"))
-        snap = Snapshot()
+        envelopes = await conn.fetch(db.q("registry_envelope_tenants"))
+        snap = Snapshot(envelope_tenants=frozenset(r["tenant_id"] for r in envelopes))
         for r in sources:
             old, until = r["old_secret_hash"], r["old_secret_until"]
             if old is not None and until is not None:

@@ -158,6 +158,8 @@ class Ops:
     qrcodes: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
     quarantine: list[tuple[Any, ...]] = field(default_factory=list)
+    # (tenant_id, instance_id, message_id, type, envelope JSON): for `evolution` endpoints
+    envelopes: list[tuple[Any, ...]] = field(default_factory=list)
 
     def row_count(self) -> int:
         return (
@@ -182,6 +184,7 @@ class Ops:
         self.qrcodes.extend(other.qrcodes)
         self.events.extend(other.events)
         self.quarantine.extend(other.quarantine)
+        self.envelopes.extend(other.envelopes)
 
 
 @dataclass(slots=True)

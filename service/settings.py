@@ -61,6 +61,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     backfill_poll_seconds: float = 2.0
     backfill_lease_seconds: float = 60.0
     backfill_timeout_seconds: float = 30.0
+    # fan-out (workers/fanout.py): endpoint URLs on loopback/private/link-local addresses are
+    # refused unless allowed (`sense run` allows them, for local demos); each worker process
+    # delivers to at most fanout_concurrency endpoints at once, one event at a time each
+    fanout_allow_private: bool = False
+    fanout_concurrency: int = 32
+    fanout_timeout_seconds: float = 10.0
+    fanout_poll_seconds: float = 0.5
+    fanout_lease_seconds: float = 60.0
+    fanout_disable_after_seconds: float = 3 * 86_400.0  # failing this long: disabled, kept
+    fanout_retention_seconds: float = 7 * 86_400.0  # feed rows every endpoint is past
     queue_max_requests: int = 20_000
     queue_max_bytes: int = 512 * 1024 * 1024  # bodies held by waiting requests, per process
     batch_max_rows: int = 5_000
@@ -136,6 +146,12 @@ _POSITIVE = {
     "backfill_poll_seconds",
     "backfill_lease_seconds",
     "backfill_timeout_seconds",
+    "fanout_concurrency",
+    "fanout_timeout_seconds",
+    "fanout_poll_seconds",
+    "fanout_lease_seconds",
+    "fanout_disable_after_seconds",
+    "fanout_retention_seconds",
     "quarantine_max_events",
     "quarantine_max_bytes",
     "quarantine_retention_days",

@@ -24,10 +24,18 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from service import payloads
-from service.events import MAX_NAME_CHARS, OverLimit, PayloadError, build_ops, canonical_event
+from service.events import (
+    MAX_NAME_CHARS,
+    OverLimit,
+    PayloadError,
+    build_ops,
+    canonical_event,
+    sanitize_json,
+)
 from service.http import CLOSE, BodyTimeout, body_timeout_detail
 from service.ingest import Fallback, Overloaded, Unavailable
 from service.resolve import Instance
+from service.rows import Ops
 
 if TYPE_CHECKING:
     from service.state import Services
@@ -254,6 +262,8 @@ async def _receive(
         return failure(400, "invalid_data", str(exc)), label, "rejected"
     if built.outcome == "ignored":
         return IGNORED, label, "ignored"
+    if services.registry.keeps_envelopes(instance.tenant_id) and event in ENVELOPE_EVENTS:
+        keep_envelope(built.ops, instance, event, body)
     fallback = Fallback(source.source_id, envelope.instance, envelope.event, body)
     result = await _submit(services, built.ops, fallback, len(body))
     if isinstance(result, Answer):
@@ -263,6 +273,37 @@ async def _receive(
     if built.outcome == "unrecognized":
         return answer(202, {"status": "kept", "event": envelope.event}), label, "stored"
     return STORED, label, "stored"
+
+
+# Message events an `evolution` endpoint receives as Evolution sent them (service/fanout.py),
+# by their canonical name (events.canonical_event).
+ENVELOPE_EVENTS = {
+    canonical_event(name): name
+    for name in (
+        "messages.upsert",
+        "messages.update",
+        "messages.delete",
+        "messages.edited",
+        "send.message",
+        "send.message.update",
+    )
+}
+
+
+def keep_envelope(ops: Ops, instance: Instance, event: str, body: bytes) -> None:
+    """The envelope as received, inline media stripped (``data.message.base64``), for the
+    tenant's `evolution` endpoints: a feed row written with the event's own rows."""
+    doc = msgspec.json.decode(body)
+    data = doc.get("data") if isinstance(doc, dict) else None
+    message = data.get("message") if isinstance(data, dict) else None
+    if isinstance(message, dict):
+        message.pop("base64", None)
+    ids = [op.message_id for op in ops.messages]
+    envelope = sanitize_json(msgspec.json.encode(doc)).decode()
+    kind = ENVELOPE_EVENTS[event]
+    ops.envelopes.append(
+        (instance.tenant_id, instance.instance_id, ids[0] if ids else None, kind, envelope)
+    )
 
 
 def quarantine_full(services: Services) -> Answer:

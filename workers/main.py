@@ -126,6 +126,9 @@ class WorkerProcess:
             batch_size=settings.enrich_batch_size,
             on_expired=self._expired,
         )
+        from workers.fanout import Dispatcher
+
+        self.fanout = Dispatcher(settings)  # deliveries to tenants' endpoints
         self._threads: list[threading.Thread] = []
 
     def send(self, keys: list[Key]) -> None:
@@ -174,6 +177,7 @@ class WorkerProcess:
                 (self.settings.redis_url, self.provider.embed, self.stop_event),
             ),
             ("sense-reconciler", self.reconciler.run_forever, (self.stop_event,)),
+            ("sense-fanout", self.fanout.run_forever, (self.stop_event,)),
         ):
             thread = threading.Thread(target=target, args=args, name=name, daemon=True)
             thread.start()

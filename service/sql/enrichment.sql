@@ -74,16 +74,29 @@ embedded AS (
     JOIN saved USING (tenant_id, instance_id, message_id)
     WHERE s.tenant_id = e.tenant_id AND s.instance_id = e.instance_id
       AND s.message_id = e.message_id AND e.embedding IS NOT NULL
+),
+fed AS (  -- tenants with endpoints: message.analyzed in their change feed (migration 0017)
+    INSERT INTO fanout_feed (tenant_id, type, instance_id, message_id)
+    SELECT tenant_id, 'message.analyzed', instance_id, message_id FROM saved
+    WHERE tenant_id IN (SELECT tenant_id FROM endpoints)
 )
 SELECT * FROM saved
 
 -- name: enrich_fail
-UPDATE messages AS m
-SET analysis_state = 'failed', analysis_error = $4, analyzed_at = now()
-FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(tenant_id, instance_id, message_id)
-WHERE m.tenant_id = k.tenant_id AND m.instance_id = k.instance_id
-  AND m.message_id = k.message_id AND m.analysis_state = 'pending' AND m.has_content
-RETURNING m.tenant_id, m.instance_id, m.message_id
+WITH failed AS (
+    UPDATE messages AS m
+    SET analysis_state = 'failed', analysis_error = $4, analyzed_at = now()
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS k(tenant_id, instance_id, message_id)
+    WHERE m.tenant_id = k.tenant_id AND m.instance_id = k.instance_id
+      AND m.message_id = k.message_id AND m.analysis_state = 'pending' AND m.has_content
+    RETURNING m.tenant_id, m.instance_id, m.message_id
+),
+fed AS (
+    INSERT INTO fanout_feed (tenant_id, type, instance_id, message_id)
+    SELECT tenant_id, 'message.analyzed', instance_id, message_id FROM failed
+    WHERE tenant_id IN (SELECT tenant_id FROM endpoints)
+)
+SELECT * FROM failed
 
 -- name: reconcile_position
 -- The reconciler's watermark (migration 0009); one reconciler at a time (advisory lock).
@@ -112,12 +125,20 @@ ORDER BY m.content_at, m.seq
 -- name: enrich_expire
 -- Pending for longer than anyone will wait for: give up, with the reason. Only from the
 -- watermark on ($3, $4): nothing before it is pending.
-UPDATE messages
-SET analysis_state = 'failed', analysis_error = $2, analyzed_at = now()
-WHERE has_content AND analysis_state = 'pending'
-  AND (content_at, seq) > ($3::timestamptz, $4::bigint)
-  AND content_at < now() - make_interval(secs => $1)
-RETURNING tenant_id, instance_id, message_id
+WITH failed AS (
+    UPDATE messages
+    SET analysis_state = 'failed', analysis_error = $2, analyzed_at = now()
+    WHERE has_content AND analysis_state = 'pending'
+      AND (content_at, seq) > ($3::timestamptz, $4::bigint)
+      AND content_at < now() - make_interval(secs => $1)
+    RETURNING tenant_id, instance_id, message_id
+),
+fed AS (
+    INSERT INTO fanout_feed (tenant_id, type, instance_id, message_id)
+    SELECT tenant_id, 'message.analyzed', instance_id, message_id FROM failed
+    WHERE tenant_id IN (SELECT tenant_id FROM endpoints)
+)
+SELECT * FROM failed
 
 -- name: enrich_try_lock
 SELECT pg_try_advisory_lock($1)

@@ -20,16 +20,42 @@ FROM sources
 -- name: registry_tenants
 SELECT tenant_id, name, token_hash FROM tenants
 
+-- name: registry_envelope_tenants
+-- Tenants with an endpoint in `evolution` mode: their message webhooks are kept as received.
+SELECT DISTINCT tenant_id FROM endpoints WHERE mode = 'evolution'
+
 -- name: registry_instances
 SELECT i.tenant_id, i.instance_id, i.source_id, i.name, i.apikey_hash,
        coalesce(i.require_apikey, s.require_apikey) AS require_apikey
 FROM instances AS i JOIN sources AS s USING (source_id)
 
 -- name: ingest
--- One batch, one statement, one round trip (migration 0008): see service/ingest.py.
-SELECT * FROM sense_ingest($1::sense_lid_in[], $2::sense_message_in[], $3::sense_contact_in[],
-                           $4::sense_chat_in[], $5::sense_group_in[], $6::sense_state_in[],
-                           $7::sense_qr_in[], $8::sense_event_in[], $9::sense_quarantine_in[])
+-- One batch, one statement, one round trip (migration 0008): see service/ingest.py. What it
+-- changed for tenants with endpoints goes to their change feed in the same statement
+-- (migration 0017); for every other tenant the feed's part selects nothing.
+WITH ingested AS MATERIALIZED (
+    SELECT * FROM sense_ingest($1::sense_lid_in[], $2::sense_message_in[],
+                               $3::sense_contact_in[], $4::sense_chat_in[],
+                               $5::sense_group_in[], $6::sense_state_in[], $7::sense_qr_in[],
+                               $8::sense_event_in[], $9::sense_quarantine_in[])
+),
+subscribed AS (SELECT DISTINCT tenant_id FROM endpoints),
+fed AS (
+    INSERT INTO fanout_feed (tenant_id, type, instance_id, message_id, envelope)
+    SELECT i.tenant_id, CASE WHEN i.created THEN 'message.created' ELSE 'message.updated' END,
+           i.instance_id, i.message_id, NULL::jsonb
+    FROM ingested AS i JOIN subscribed USING (tenant_id)
+    UNION ALL
+    SELECT s.tenant_id, 'instance.state', s.instance_id, NULL, NULL
+    FROM unnest($6::sense_state_in[]) AS s JOIN subscribed USING (tenant_id)
+    UNION ALL
+    SELECT q.tenant_id, 'instance.qrcode', q.instance_id, NULL, NULL
+    FROM unnest($7::sense_qr_in[]) AS q JOIN subscribed USING (tenant_id)
+    UNION ALL
+    SELECT e.tenant_id, e.type, e.instance_id, e.message_id, e.envelope::jsonb
+    FROM unnest($10::sense_envelope_in[]) AS e
+)
+SELECT * FROM ingested
 
 -- name: find_tenants
 SELECT tenant_id, name FROM tenants WHERE tenant_id = $1 OR name = $2 ORDER BY tenant_id = $1 DESC LIMIT 1

@@ -12,7 +12,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("service", "workers")
 # what workers/ may take from service/: the floor, not the web process
-WORKERS_MAY_IMPORT = {"service.contracts", "service.settings", "service.db", "service.logs"}
+WORKERS_MAY_IMPORT = {
+    "service.contracts",
+    "service.settings",
+    "service.db",
+    "service.logs",
+    # what fan-out deliveries carry: the resources and their row model (no I/O), the signing
+    # and URL rules
+    "service.resources",
+    "service.rows",
+    "service.outbound",
+}
 WEB_LIBRARIES = ("starlette", "asyncpg", "redis", "granian")
 
 
