@@ -56,8 +56,9 @@ class InstanceCreated(msgspec.Struct):
 def _name(value: str, what: str) -> str:
     """A name as registered: the webhook's limit (``MAX_NAME_CHARS``) holds for every name, so
     whatever can be registered can be posted, and the other way round."""
-    value = (value or "").strip()
-    if not value or len(value) > MAX_NAME_CHARS or "\x00" in value:
+    given = value or ""
+    value = given.strip()  # the limit holds for the name as given (the schema's maxLength)
+    if not value or len(given) > MAX_NAME_CHARS or "\x00" in value:
         raise AdminError(
             422,
             "invalid_name",

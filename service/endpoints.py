@@ -64,16 +64,16 @@ class Endpoints(msgspec.Struct):
     items: list[Endpoint]
 
 
-class SecretRotated(msgspec.Struct):
+class EndpointSecretRotated(msgspec.Struct):
     secret: str
     old_valid_until: str
 
 
-class RotateIn(msgspec.Struct, forbid_unknown_fields=True):
+class EndpointRotateIn(msgspec.Struct, forbid_unknown_fields=True):
     overlap_seconds: float = 86_400
 
 
-class ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
+class EndpointReplayIn(msgspec.Struct, forbid_unknown_fields=True):
     since: datetime | None = None
     after: str | None = None
 
@@ -82,7 +82,7 @@ class Replaying(msgspec.Struct):
     position: str  # the cursor delivery starts after
 
 
-class Attempt(msgspec.Struct):
+class EndpointAttempt(msgspec.Struct):
     webhook_id: str
     event: str
     status: int | None
@@ -92,8 +92,8 @@ class Attempt(msgspec.Struct):
     at: str
 
 
-class Attempts(msgspec.Struct):
-    items: list[Attempt]
+class EndpointAttempts(msgspec.Struct):
+    items: list[EndpointAttempt]
 
 
 class Refused(Exception):
@@ -209,7 +209,7 @@ async def _delete(s: Services, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> 
 
 
 async def _rotate(
-    s: Services, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, body: RotateIn
+    s: Services, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, body: EndpointRotateIn
 ) -> tuple[int, Any]:
     if not 0 <= body.overlap_seconds <= MAX_OVERLAP_SECONDS:
         raise Refused(422, "invalid_body", f"overlap_seconds: 0 to {MAX_OVERLAP_SECONDS}")
@@ -219,11 +219,11 @@ async def _rotate(
     )
     if row is None:
         raise Refused(404, "not_found", "no such endpoint")
-    return 200, SecretRotated(secret, iso(row["old_secret_until"]) or "")
+    return 200, EndpointSecretRotated(secret, iso(row["old_secret_until"]) or "")
 
 
 async def _replay(
-    s: Services, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, body: ReplayIn
+    s: Services, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, body: EndpointReplayIn
 ) -> tuple[int, Any]:
     if (body.since is None) == (body.after is None):
         raise Refused(422, "invalid_body", 'give "since" (ISO time) or "after" (a position)')
@@ -304,7 +304,7 @@ async def list_attempts(request: Request) -> Response:
         await _get(s, tenant_id, endpoint_id)
         rows = await s.pool.fetch(db.q("endpoint_attempts"), endpoint_id, limit)
         items = [
-            Attempt(
+            EndpointAttempt(
                 r["webhook_id"],
                 r["event"],
                 r["status"],
@@ -315,7 +315,7 @@ async def list_attempts(request: Request) -> Response:
             )
             for r in rows
         ]
-        return 200, Attempts(items)
+        return 200, EndpointAttempts(items)
 
     return await _route(read)(request)
 
@@ -329,7 +329,7 @@ def routes() -> list[Route]:
         Route(one, get_endpoint, methods=["GET"]),
         Route(one, _route(_update, EndpointPatch), methods=["PATCH"]),
         Route(one, _route(_delete), methods=["DELETE"]),
-        Route(one + "/rotate-secret", _route(_rotate, RotateIn), methods=["POST"]),
-        Route(one + "/replay", _route(_replay, ReplayIn), methods=["POST"]),
+        Route(one + "/rotate-secret", _route(_rotate, EndpointRotateIn), methods=["POST"]),
+        Route(one + "/replay", _route(_replay, EndpointReplayIn), methods=["POST"]),
         Route(one + "/attempts", list_attempts, methods=["GET"]),
     ]

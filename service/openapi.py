@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from service import admin, search
+from service import admin, endpoints, search
 from service import payloads as p
 from service.events import EVENT_TABLE, MAX_NAME_CHARS
 from service.resources import (
@@ -156,6 +156,102 @@ def _message_ids(schema: dict[str, Any]) -> None:
                 branch["pattern"] = MESSAGE_ID
 
 
+def _body(ref: str) -> dict[str, Any]:
+    schema = {"$ref": f"#/components/schemas/{ref}"}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _endpoint_paths(
+    unauthorized: dict[str, Any], bad: dict[str, Any], limit: dict[str, Any]
+) -> dict[str, Any]:
+    """The tenant's endpoints (fan-out, service/endpoints.py)."""
+    one = [_path("endpoint_id")]
+    missing = _error("no such endpoint (or another tenant's)")
+    invalid = _error("invalid body, or a URL that is not allowed (url_refused)")
+    common = {"401": unauthorized, "400": _error("not JSON"), "413": _error("body over 64 KiB")}
+    return {
+        "/api/v1/endpoints": {
+            "post": {
+                "summary": "Subscribe an endpoint to this tenant's events (secret shown once)",
+                "security": _BEARER,
+                "requestBody": _body("EndpointIn"),
+                "responses": {"201": _ok("Endpoint"), **common, "422": invalid},
+            },
+            "get": {
+                "summary": "This tenant's endpoints",
+                "security": _BEARER,
+                "responses": {"200": _ok("Endpoints"), "401": unauthorized},
+            },
+        },
+        "/api/v1/endpoints/{endpoint_id}": {
+            "get": {
+                "summary": "One endpoint",
+                "security": _BEARER,
+                "parameters": one,
+                "responses": {"200": _ok("Endpoint"), "401": unauthorized, "404": missing},
+            },
+            "patch": {
+                "summary": "Change an endpoint (url, events, mode, filters, enabled)",
+                "security": _BEARER,
+                "parameters": one,
+                "requestBody": _body("EndpointPatch"),
+                "responses": {"200": _ok("Endpoint"), **common, "404": missing, "422": invalid},
+            },
+            "delete": {
+                "summary": "Remove an endpoint",
+                "security": _BEARER,
+                "parameters": one,
+                "responses": {
+                    "204": {"description": "removed"},
+                    "401": unauthorized,
+                    "404": missing,
+                },
+            },
+        },
+        "/api/v1/endpoints/{endpoint_id}/rotate-secret": {
+            "post": {
+                "summary": "A new signing secret; the old one still signs for the overlap",
+                "security": _BEARER,
+                "parameters": one,
+                "requestBody": {**_body("EndpointRotateIn"), "required": False},
+                "responses": {
+                    "200": _ok("EndpointSecretRotated"),
+                    **common,
+                    "404": missing,
+                    "422": invalid,
+                },
+            }
+        },
+        "/api/v1/endpoints/{endpoint_id}/replay": {
+            "post": {
+                "summary": "Send again everything from a time or after a position, in order",
+                "security": _BEARER,
+                "parameters": one,
+                "requestBody": _body("EndpointReplayIn"),
+                "responses": {
+                    "202": _ok("Replaying", "Accepted"),
+                    **common,
+                    "404": missing,
+                    "422": invalid,
+                },
+            }
+        },
+        "/api/v1/endpoints/{endpoint_id}/attempts": {
+            "get": {
+                "summary": "Recent delivery attempts, newest first",
+                "security": _BEARER,
+                "parameters": [*one, _query("limit", {**limit, "maximum": 100})],
+                "responses": {
+                    "200": _ok("EndpointAttempts"),
+                    "400": bad,
+                    "401": unauthorized,
+                    "404": missing,
+                },
+            }
+        },
+    }
+
+
 def _admin_parameters(path: str) -> list[dict[str, Any]]:
     found = [_path("ref", "id or name")]
     if "{name}" in path:
@@ -187,6 +283,15 @@ def document() -> dict[str, Any]:
         BackfillJob,
         ItemsOfJobs,
         JobCreated,
+        endpoints.EndpointIn,
+        endpoints.EndpointPatch,
+        endpoints.Endpoint,
+        endpoints.Endpoints,
+        endpoints.EndpointSecretRotated,
+        endpoints.EndpointRotateIn,
+        endpoints.EndpointReplayIn,
+        endpoints.Replaying,
+        endpoints.EndpointAttempts,
     ]
     _, components = msgspec.json.schema_components(resource_types, ref_template=_REF)
     kinds = list(dict.fromkeys(_EVENT_DATA.values()))
@@ -521,6 +626,7 @@ def document() -> dict[str, Any]:
             },
         }
     }
+    paths.update(_endpoint_paths(unauthorized, bad, limit))
     # an instance that requires an apikey must be given one
     for path in ("/api/admin/instances", "/api/admin/sources/{ref}/instances/{name}/apikey"):
         body = paths[path]["post"]["requestBody"]["content"]["application/json"]
