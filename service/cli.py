@@ -167,6 +167,81 @@ def cmd_instance_set_apikey(env: Environment, args: argparse.Namespace) -> int:
     )
 
 
+def _endpoint_call(env: Environment, args: argparse.Namespace, action: Any, *more: Any) -> int:
+    """An endpoints-API action for the tenant ``--tenant``, on one connection; other server
+    processes learn of it by NOTIFY."""
+    from types import SimpleNamespace
+
+    from service import endpoints
+
+    class Quiet:
+        async def load(self, conn: Any) -> None:
+            pass
+
+    async def call(conn: Any) -> Any:
+        tenant_id = (await admin.find_tenant(conn, args.tenant))["tenant_id"]
+        services = SimpleNamespace(pool=conn, settings=env.settings, registry=Quiet())
+        return (await action(services, tenant_id, *more))[1]
+
+    try:
+        result = _with_db(env, call)
+    except endpoints.Refused as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    except admin.AdminError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    _print_json(result)
+    return 0
+
+
+def cmd_endpoint_create(env: Environment, args: argparse.Namespace) -> int:
+    from service import endpoints
+    from service.outbound import EVENT_TYPES, Filters
+
+    body = endpoints.EndpointIn(
+        url=args.url,
+        events=args.events.split(",") if args.events else list(EVENT_TYPES),
+        mode=args.mode,
+        description=args.description,
+        filters=Filters(
+            from_me={"true": True, "false": False}.get(args.from_me or ""),
+            groups=False if args.no_groups else None,
+            instances=args.instance or None,
+        ),
+    )
+    return _endpoint_call(env, args, endpoints.create, body)
+
+
+def cmd_endpoint_list(env: Environment, args: argparse.Namespace) -> int:
+    from service import endpoints
+
+    async def listed(services: Any, tenant_id: Any) -> Any:
+        rows = await services.pool.fetch(db.q("endpoint_list"), tenant_id)
+        return 200, endpoints.Endpoints([endpoints.endpoint_from_row(r) for r in rows])
+
+    return _endpoint_call(env, args, listed)
+
+
+def cmd_endpoint_replay(env: Environment, args: argparse.Namespace) -> int:
+    import uuid
+
+    from service import endpoints
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            since = datetime.now(UTC) - parse_duration(args.since)
+    try:
+        endpoint_id = uuid.UUID(args.id)
+    except ValueError:
+        raise SystemExit(f"not an endpoint id: {args.id}") from None
+    body = endpoints.EndpointReplayIn(since=since, after=args.after)
+    return _endpoint_call(env, args, endpoints.replay, endpoint_id, body)
+
+
 def cmd_reanalyze(env: Environment, args: argparse.Namespace) -> int:
     from service import reanalyze
     from workers.provider import analyzer_version
@@ -635,6 +710,30 @@ def parser() -> argparse.ArgumentParser:
     )
     i_key.add_argument("name")
     i_key.set_defaults(func=cmd_instance_set_apikey)
+
+    endpoint = sub.add_parser(
+        "endpoint", help="a tenant's outbound subscriptions (fan-out)"
+    ).add_subparsers(dest="action", required=True)
+    e_create = endpoint.add_parser("create", help="subscribe a URL to a tenant's events")
+    e_create.add_argument("--tenant", required=True)
+    e_create.add_argument("url")
+    e_create.add_argument("--events", help="comma-separated (default: all)")
+    e_create.add_argument("--mode", choices=["sense", "evolution"], default="sense")
+    e_create.add_argument("--description")
+    e_create.add_argument("--from-me", choices=["true", "false"], help="only these messages")
+    e_create.add_argument("--no-groups", action="store_true", help="leave group chats out")
+    e_create.add_argument("--instance", action="append", help="only this instance (repeatable)")
+    e_create.set_defaults(func=cmd_endpoint_create)
+    e_list = endpoint.add_parser("list", help="a tenant's endpoints")
+    e_list.add_argument("--tenant", required=True)
+    e_list.set_defaults(func=cmd_endpoint_list)
+    e_replay = endpoint.add_parser("replay", help="send again from a time or after a position")
+    e_replay.add_argument("--tenant", required=True)
+    e_replay.add_argument("id")
+    e_when = e_replay.add_mutually_exclusive_group(required=True)
+    e_when.add_argument("--since", help="ISO time, or a duration back from now (30m, 2h)")
+    e_when.add_argument("--after", help="a position (f<xid>.<seq>, as in webhook-id)")
+    e_replay.set_defaults(func=cmd_endpoint_replay)
 
     quarantine = sub.add_parser("quarantine").add_subparsers(dest="action", required=True)
     q_list = quarantine.add_parser("list", help="events of unknown instances")

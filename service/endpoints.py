@@ -147,7 +147,7 @@ def _filters(filters: Filters) -> dict[str, Any]:
     return msgspec.to_builtins(filters)
 
 
-async def _create(s: Services, tenant_id: uuid.UUID, body: EndpointIn) -> tuple[int, Any]:
+async def create(s: Services, tenant_id: uuid.UUID, body: EndpointIn) -> tuple[int, Any]:
     await _checked(s, body.url, body.events, body.mode)
     if body.description is not None and len(body.description) > MAX_DESCRIPTION:
         raise Refused(422, "invalid_body", f"description over {MAX_DESCRIPTION} characters")
@@ -222,7 +222,7 @@ async def _rotate(
     return 200, EndpointSecretRotated(secret, iso(row["old_secret_until"]) or "")
 
 
-async def _replay(
+async def replay(
     s: Services, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, body: EndpointReplayIn
 ) -> tuple[int, Any]:
     if (body.since is None) == (body.after is None):
@@ -324,12 +324,12 @@ def routes() -> list[Route]:
     base = "/api/v1/endpoints"
     one = base + "/{endpoint_id}"
     return [
-        Route(base, _route(_create, EndpointIn), methods=["POST"]),
+        Route(base, _route(create, EndpointIn), methods=["POST"]),
         Route(base, list_endpoints, methods=["GET"]),
         Route(one, get_endpoint, methods=["GET"]),
         Route(one, _route(_update, EndpointPatch), methods=["PATCH"]),
         Route(one, _route(_delete), methods=["DELETE"]),
         Route(one + "/rotate-secret", _route(_rotate, EndpointRotateIn), methods=["POST"]),
-        Route(one + "/replay", _route(_replay, EndpointReplayIn), methods=["POST"]),
+        Route(one + "/replay", _route(replay, EndpointReplayIn), methods=["POST"]),
         Route(one + "/attempts", list_attempts, methods=["GET"]),
     ]

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +22,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 
-from service import outbound
+from service import db, outbound
 from service.settings import load_settings
 from tests.integration import polling
 from tests.integration.conftest import Deployment, running_app, status_update, upsert
@@ -324,3 +327,63 @@ async def test_evolution_mode_sends_the_envelope_as_received(
     sent = verified(ep["secret"], r.accepted[0])
     del body["data"]["message"]["base64"]
     assert sent == body
+
+
+async def test_the_cli_creates_lists_and_replays(
+    deployment: Deployment, receivers: list[Receiver], database_url: str
+) -> None:
+    r = receiver(receivers)
+    env = {**os.environ, "SENSE_DATABASE_URL": database_url, "SENSE_FANOUT_ALLOW_PRIVATE": "true"}
+
+    def sense(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "service.cli", "endpoint", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    made = await asyncio.to_thread(
+        sense, "create", "--tenant", "acme", r.url, "--events", "message.created", "--no-groups"
+    )
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    assert created["secret"].startswith("whsec_") and created["filters"] == {"groups": False}
+    listed = json.loads((await asyncio.to_thread(sense, "list", "--tenant", "acme")).stdout)
+    assert [e["id"] for e in listed["items"]] == [created["id"]]
+    assert "secret" not in listed["items"][0]  # shown once
+    replayed = await asyncio.to_thread(
+        sense, "replay", "--tenant", "acme", created["id"], "--since", "1h"
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert json.loads(replayed.stdout)["position"].startswith("f")
+    refused = await asyncio.to_thread(
+        sense, "create", "--tenant", "acme", "http://10.0.0.1/x", "--events", "nope"
+    )
+    assert refused.returncode == 1 and "events must be among" in refused.stderr
+
+
+async def test_the_analysis_is_delivered_as_message_analyzed(
+    deployment: Deployment,
+    dispatcher: Dispatcher,
+    receivers: list[Receiver],
+    conn: asyncpg.Connection,
+) -> None:
+    r = receiver(receivers)
+    ep = await endpoint(deployment, "acme", r.url, events=["message.analyzed"])
+    await deployment.post(upsert("acme-main", "AN1", "adorei"))
+    row = await conn.fetchrow("SELECT tenant_id, instance_id FROM messages")
+    # what the worker writes (workers/store.py), in the same statement as the feed row
+    await conn.fetch(
+        db.q("enrich_save"),
+        [row["tenant_id"]],
+        [row["instance_id"]],
+        ["AN1"],
+        ["done"],
+        [0.8],
+        ["joy"],
+        [90],
+        [None],
+        "test/1",
+    )
+    await until(lambda: len(r.accepted) == 1)
+    doc = verified(ep["secret"], r.accepted[0])
+    assert doc["type"] == "message.analyzed" and doc["data"]["message_id"] == "AN1"
+    assert doc["data"]["analysis"]["state"] == "done"
+    assert doc["data"]["analysis"]["emotion"] == "joy"
