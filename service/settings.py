@@ -35,6 +35,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_token: str | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    worker_metrics_port: int | None = None  # `sense worker` serves its metrics here (if set)
     hsts: bool = False  # answer Strict-Transport-Security (set when reached over HTTPS)
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0

@@ -233,6 +233,28 @@ def _child(settings: Settings, threads: int) -> None:
     raise SystemExit(serve(settings, threads))
 
 
+def serve_metrics(settings: Settings) -> None:
+    """The workers' Prometheus samples (deliveries, fan-out backlog) on
+    ``SENSE_METRICS_HOST``:``SENSE_WORKER_METRICS_PORT``, summed over the worker
+    processes (multiprocess mode: set before prometheus-client is first imported). Under
+    `sense run` the server's /metrics serves them instead."""
+    import shutil
+
+    assert settings.worker_metrics_port
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        folder = settings.data_path / f"worker-metrics-{os.getpid()}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    start_http_server(settings.worker_metrics_port, settings.metrics_host, registry)
+    log.info("worker metrics on %s:%d", settings.metrics_host, settings.worker_metrics_port)
+
+
 def run_worker(settings: Settings, *, processes: int = 1, threads: int = 2) -> int:
     """``sense worker``: ``processes`` worker processes of ``threads`` threads each."""
     if not settings.redis_url:
@@ -241,6 +263,8 @@ def run_worker(settings: Settings, *, processes: int = 1, threads: int = 2) -> i
     if not settings.database_url:
         print("error: SENSE_DATABASE_URL is required (or use `sense run`)", file=sys.stderr)
         return 2
+    if settings.worker_metrics_port:
+        serve_metrics(settings)
     if processes <= 1:
         return serve(settings, threads)
     # spawn, not fork: each child loads its own models and connections from scratch

@@ -111,6 +111,8 @@ async function login(token, remember) {
   connect();
   await Promise.all([loadChats(), openView(null)]);
   renderMessages(); // again, now that chat names are known
+  loadEndpoints().catch(() => {});
+  state.endpointsTimer = setInterval(() => loadEndpoints().catch(() => {}), ENDPOINTS_EVERY_MS);
 }
 
 function logout(message) {
@@ -118,8 +120,10 @@ function logout(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
   disconnect();
+  clearInterval(state.endpointsTimer);
   resetState();
-  for (const id of ["instances", "chats", "messages", "results-list"]) $(id).replaceChildren();
+  for (const id of ["instances", "endpoints", "chats", "messages", "results-list"]) $(id).replaceChildren();
+  $("endpoints-panel").hidden = true;
   $("results").hidden = true;
   $("messages").hidden = false;
   $("trend").hidden = true;
@@ -185,6 +189,37 @@ function countRecovered(m) {
   inst.backfill = inst.backfill || { messages_recovered: 0 };
   inst.backfill.messages_recovered += 1;
   renderInstances();
+}
+
+// --- endpoints (fan-out) ------------------------------------------------------------------------
+
+const ENDPOINTS_EVERY_MS = 15000;
+
+// the tenant's endpoints and their last attempts: where its events go, and whether they arrive
+async function loadEndpoints() {
+  const body = await api("/api/v1/endpoints");
+  const attempts = await Promise.all(
+    body.items.map((e) => api(`/api/v1/endpoints/${e.id}/attempts`, { limit: 5 }).catch(() => ({ items: [] }))));
+  renderEndpoints(body.items, attempts.map((a) => a.items));
+}
+
+function renderEndpoints(items, attempts) {
+  $("endpoints-panel").hidden = items.length === 0;
+  const list = $("endpoints");
+  list.replaceChildren();
+  items.forEach((e, n) => {
+    const shown = !e.enabled ? "disabled" : e.failing_since ? "failing" : "ok";
+    list.append(
+      h("li", { class: "endpoint", "data-endpoint": e.id },
+        h("div", { class: "row" },
+          h("span", { class: "name", title: e.url }, e.description || e.url),
+          h("span", { class: "state", "data-state": shown }, shown)),
+        e.disabled_reason ? h("div", { class: "muted" }, e.disabled_reason) : null,
+        h("ul", { class: "attempts" },
+          ...attempts[n].map((a) =>
+            h("li", { class: "attempt", "data-ok": String(a.status >= 200 && a.status < 300), title: a.error || a.response || "" },
+              `${a.status ?? "—"} · ${a.ms} ms · ${new Date(a.at).toLocaleTimeString()} · ${a.event}`)))));
+  });
 }
 
 // --- chats ---------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ from playwright.async_api import (
 from tests.e2e.conftest import Server, launch, start_server, start_worker, stop
 from tests.e2e.test_stream import Live, uid
 from tests.integration.conftest import status_update, upsert
+from tests.integration.polling import eventually_sync
+from tests.integration.test_fanout import Receiver
 from workers.provider import LocalProvider
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +44,9 @@ expect.set_options(timeout=TIMEOUT)
 
 @pytest.fixture
 def live(clean_db: str, redis_url: str, tmp_path: Path) -> Iterator[Live]:
-    server: Server = start_server(clean_db, tmp_path, workers=2, SENSE_REDIS_URL=redis_url)
+    server: Server = start_server(
+        clean_db, tmp_path, workers=2, SENSE_REDIS_URL=redis_url, SENSE_FANOUT_ALLOW_PRIVATE="true"
+    )
     running = Live(server, clean_db, redis_url)
     running.worker = start_worker(server.env, tmp_path / "worker.log")  # the real analyses
     try:
@@ -165,9 +169,19 @@ async def open_dashboard(
 async def test_login_live_message_badge_and_search(browser: Browser, live: Live) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     live.post(pairing("acme-main"))
+    # the tenant's endpoint (fan-out): the worker delivers to it, the page shows the attempts
+    hook = Receiver()
+    made = live.http.post(
+        "/api/v1/endpoints",
+        json={"url": hook.url, "events": ["message.created"], "description": "crm"},
+        headers={"Authorization": f"Bearer {live.tokens['acme']}"},
+    )
+    assert made.status_code == 201, made.text
     earlier = uid("E")
     earlier_text = "Bom dia, preciso da segunda via do boleto"
     live.post(upsert("acme-main", earlier, earlier_text))
+    eventually_sync(lambda: len(hook.accepted), lambda n: n >= 1, 30)
+    hook.close()
     # a gap the checks filled earlier (service/backfill.py) is shown on the instance's panel
     conn = await asyncpg.connect(live.database_url)
     try:
@@ -182,6 +196,10 @@ async def test_login_live_message_badge_and_search(browser: Browser, live: Live)
     instance = page.locator('#instances [data-instance="acme-main"]')
     await expect(instance.locator(".state")).to_have_text("pairing")
     await expect(instance.locator(".recovered")).to_have_text("2 messages recovered")
+    endpoint = page.locator(f'#endpoints [data-endpoint="{made.json()["id"]}"]')
+    await expect(endpoint.locator(".name")).to_have_text("crm")
+    await expect(endpoint.locator(".state")).to_have_text("ok")
+    await expect(endpoint.locator(".attempt").first).to_contain_text("200 · ")
     await expect(instance.locator(".qr img")).to_be_visible()
     await expect(page.locator(f'#messages [data-id="acme-main/{earlier}"]')).to_be_visible()
 

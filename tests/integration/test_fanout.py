@@ -46,6 +46,7 @@ class Receiver:
 
     answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     delay: float = 0.0
+    hold_first: threading.Event | None = None  # the first request waits for it
     got: list[Received] = field(default_factory=list)  # every request, answered or not
     accepted: list[Received] = field(default_factory=list)  # those answered 2xx
 
@@ -60,6 +61,8 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 got = Received({k.lower(): v for k, v in self.headers.items()}, body)
                 receiver.got.append(got)
+                if receiver.hold_first is not None and len(receiver.got) == 1:
+                    receiver.hold_first.wait(60)
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 status, headers = receiver.answers.pop(0) if receiver.answers else (200, {})
