@@ -25,6 +25,7 @@ from service import (
     live,
     logs,
     metrics,
+    observe,
     probes,
     search,
     webhook,
@@ -158,10 +159,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         services.spawn(services.replay_for(None))
         if runner is not None:
             runner.start(triggers)
+        observer = observe.Observer(pool, settings, stream.redis)
+        observer.start()
         services.ready = True
         try:
             yield
         finally:
+            await observer.stop()
             if runner is not None:
                 await runner.stop()  # a job left mid-way is resumed by the next runner
             # Granian stopped accepting; write what is queued before going away.

@@ -551,6 +551,8 @@ class Runner:
         if finished is None:
             return "lost"
         metrics.BACKFILL_JOBS.labels(state).inc()
+        if job.done.new:
+            metrics.BACKFILL_GAPS.labels(job.reason).inc()
         log.info(
             "backfill %s",
             state,

@@ -94,6 +94,60 @@ BACKFILL_LAG = Gauge(
     multiprocess_mode="livemax",
 )
 
+BACKFILL_GAPS = Counter(
+    "sense_backfill_gaps_total",
+    "Backfill jobs that found messages missing here (each a gap filled), by reason (reconnect,"
+    " startup, sweep, demand)",
+    ["reason"],
+)
+STREAM_CLIENTS = Gauge(
+    "sense_stream_clients",
+    "Live WebSocket clients (summed over live processes)",
+    multiprocess_mode="livesum",
+)
+# Computed every SENSE_OBSERVE_SECONDS by one server process (service/observe.py): a scrape
+# runs no query.
+ENRICH_PENDING = Gauge(
+    "sense_enrich_pending",
+    "Messages waiting for their analysis (counted over the oldest 200,000 not yet reconciled)",
+    multiprocess_mode="livemostrecent",
+)
+ENRICH_OLDEST = Gauge(
+    "sense_enrich_oldest_pending_seconds",
+    "Age of the oldest message still waiting for its analysis (0: none)",
+    multiprocess_mode="livemostrecent",
+)
+QUEUE_JOBS = Gauge(
+    "sense_worker_queue_jobs",
+    "Jobs waiting in the workers' queues (Dramatiq on Redis), by queue",
+    ["queue"],
+    multiprocess_mode="livemostrecent",
+)
+INSTANCES = Gauge(
+    "sense_instances",
+    "Registered instances by connection state as Evolution last reported it",
+    ["state"],
+    multiprocess_mode="livemostrecent",
+)
+INSTANCES_SILENT = Gauge(
+    "sense_instances_silent",
+    "Instances Evolution reports connected (open) with no message for"
+    " SENSE_SILENT_INSTANCE_SECONDS",
+    multiprocess_mode="livemostrecent",
+)
+
+# Label values known in advance start at 0, so that rates and alerts see them from the start.
+for _reason in ("overloaded", "database", "quarantine_full"):
+    UNAVAILABLE.labels(_reason)
+for _reason in ("database", "redis"):
+    API_UNAVAILABLE.labels(_reason)
+for _outcome in ("new", "known"):
+    BACKFILL_MESSAGES.labels(_outcome)
+for _result in ("done", "failed"):
+    BACKFILL_JOBS.labels(_result)
+for _reason in ("reconnect", "startup", "sweep", "demand"):
+    BACKFILL_GAPS.labels(_reason)
+
 _tenant_labels: set[str] = set()
 _webhook_series: dict[tuple[str, str], tuple[Any, Any]] = {}
 

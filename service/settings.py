@@ -72,6 +72,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fanout_lease_seconds: float = 60.0
     fanout_disable_after_seconds: float = 3 * 86_400.0  # failing this long: disabled, kept
     fanout_retention_seconds: float = 7 * 86_400.0  # feed rows every endpoint is past
+    # gauges that need a query (service/observe.py): how often; an instance open with no
+    # message for silent_instance_seconds counts as silent (an alert: its webhooks may be lost)
+    observe_seconds: float = 30.0
+    silent_instance_seconds: float = 3600.0
     queue_max_requests: int = 20_000
     queue_max_bytes: int = 512 * 1024 * 1024  # bodies held by waiting requests, per process
     batch_max_rows: int = 5_000
@@ -148,6 +152,8 @@ _POSITIVE = {
     "backfill_lease_seconds",
     "backfill_timeout_seconds",
     "fanout_concurrency",
+    "observe_seconds",
+    "silent_instance_seconds",
     "fanout_timeout_seconds",
     "fanout_poll_seconds",
     "fanout_lease_seconds",

@@ -52,7 +52,7 @@ DELIVERIES = Counter(
     "sense_fanout_deliveries_total",
     "Delivery attempts by outcome (delivered: 2xx; failed: another status, a timeout or no"
     " connection; refused: the URL resolved to a forbidden address; gone: 410, endpoint disabled)",
-    ["outcome"],
+    ["endpoint_id", "outcome"],
 )
 ATTEMPT_SECONDS = Histogram(
     "sense_fanout_attempt_seconds",
@@ -330,6 +330,7 @@ class Dispatcher:
             error = f"{exc.__class__.__name__}: {exc}"[:300] or exc.__class__.__name__
         seconds = time.perf_counter() - started
         ATTEMPT_SECONDS.observe(seconds)
+        label = str(target.endpoint_id)
         await self.pool.execute(
             db.q("fanout_attempt"),
             target.endpoint_id,
@@ -342,11 +343,11 @@ class Dispatcher:
             KEEP_ATTEMPTS,
         )
         if status is not None and 200 <= status < 300:
-            DELIVERIES.labels("delivered").inc()
+            DELIVERIES.labels(label, "delivered").inc()
             target.attempts = 0
             return True
         if status == 410:
-            DELIVERIES.labels("gone").inc()
+            DELIVERIES.labels(label, "gone").inc()
             await self.pool.execute(
                 db.q("fanout_disable"),
                 target.endpoint_id,
@@ -355,7 +356,7 @@ class Dispatcher:
             )
             log.info("endpoint disabled (410)", extra={"endpoint_id": str(target.endpoint_id)})
             return False
-        DELIVERIES.labels("refused" if refused else "failed").inc()
+        DELIVERIES.labels(label, "refused" if refused else "failed").inc()
         delay = outbound.retry_delay(target.attempts + 1, wait)
         done = await self.pool.fetchrow(
             db.q("fanout_failed"),

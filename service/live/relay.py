@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from starlette.websockets import WebSocket, WebSocketState
 
+from service import metrics
 from service.contracts import CHANNEL_PREFIX, CONTROL_CHANNEL, channel
 from service.live.frames import (
     HEARTBEAT,
@@ -114,6 +115,7 @@ class Relay:
     async def attach(self, client: Client) -> None:
         """Register ``client``; returns once its tenant's channel is subscribed."""
         self.clients.setdefault(client.tenant_id, set()).add(client)
+        metrics.STREAM_CLIENTS.set(self.client_count)
         if self._pubsub is None:
             return  # Redis is away: the reader subscribes everyone when it is back
         name = channel(client.tenant_id)
@@ -136,6 +138,7 @@ class Relay:
         if peers is None:
             return
         peers.discard(client)
+        metrics.STREAM_CLIENTS.set(self.client_count)
         if peers:
             return
         del self.clients[client.tenant_id]
