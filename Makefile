@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml native/Cargo.toml Cargo.toml
 	$(BIN)/pip install -q --upgrade pip==25.3
 	$(BIN)/pip install -q -e '.[dev]'
 	# the dashboard's browser test drives Debian's Chromium (browsers are not downloadable
-	# here); the load smoke test drives wrk
-	(command -v chromium && command -v wrk) >/dev/null || (apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium wrk >/dev/null)
+	# here); the load smoke test drives wrk; the operator kit's test runs Debian's Prometheus
+	# (and promtool) against a running server
+	(command -v chromium && command -v wrk && command -v prometheus && command -v promtool) \
+		>/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium wrk prometheus >/dev/null)
 	touch $(STAMP)
 
 setup: $(STAMP) native ## create .venv and install everything (Python deps and the Rust crate)

@@ -46,6 +46,7 @@ from service.contracts import (
     QUEUE,
     by_tenant,
 )
+from workers.metrics import ANALYZED
 from workers.provider import BadAnswer, Provider, Unavailable
 from workers.store import Key, Result, Row, Saved, parse_keys
 
@@ -140,6 +141,8 @@ class Enrichment:
                 for r, a, v in zip(group, analyses, vectors, strict=True)
             ]
         saved = self.store.save(results, self.provider.version)
+        for s in saved:
+            ANALYZED.labels(s.state).inc()
         self.announce(
             (
                 s.key,
@@ -169,6 +172,7 @@ class Enrichment:
             return []
         reason = failure_reason(exception)
         failed = self.store.fail(keys, reason)
+        ANALYZED.labels("failed").inc(len(failed))
         log.error("analysis failed for %d messages: %s", len(failed), detail)
         self.announce((k, {"state": "failed", "error": reason}) for k in failed)
         return failed

@@ -72,10 +72,26 @@ def test_compose_writes_no_secret_and_hands_each_service_only_its_own() -> None:
     assert "sense:sense@" not in text
 
 
-def test_prometheus_example_scrapes_metrics() -> None:
-    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+def test_prometheus_scrapes_the_server_and_the_worker_and_loads_the_rules() -> None:
+    folder = ROOT / "deploy" / "prometheus"
+    config = yaml.safe_load((folder / "prometheus.yml").read_text())
+    assert all((folder / name).exists() for name in config["rule_files"])
     job = config["scrape_configs"][0]
     assert job["metrics_path"] == "/metrics"
-    host = job["static_configs"][0]["targets"][0].split(":")[0]
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    assert host in compose["services"]
+    services = compose["services"]
+    targets = {t for c in job["static_configs"] for t in c["targets"]}
+    assert targets == {
+        "server:8000",
+        f"worker:{services['worker']['environment']['SENSE_WORKER_METRICS_PORT']}",
+    }
+    assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    grafana = services["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith(
+        "${GRAFANA_ADMIN_PASSWORD:?"
+    )
+    for volume in grafana["volumes"]:
+        source = volume.split(":")[0]
+        assert not source.startswith("./") or (ROOT / source).exists(), volume
+    board = json.loads((ROOT / "deploy/grafana/dashboards/sense-ingest.json").read_text())
+    assert board["uid"] == "sense-ingest" and board["panels"]
