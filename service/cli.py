@@ -242,6 +242,17 @@ def cmd_endpoint_replay(env: Environment, args: argparse.Namespace) -> int:
     return _endpoint_call(env, args, endpoints.replay, endpoint_id, body)
 
 
+def cmd_doctor(env: Environment, args: argparse.Namespace) -> int:
+    from service.doctor import Doctor, render
+
+    report = asyncio.run(Doctor(env.settings).run())
+    if args.json:
+        print(msgspec.json.encode(report).decode())
+    else:
+        print(render(report))
+    return 0 if report.ok else 1
+
+
 def cmd_reanalyze(env: Environment, args: argparse.Namespace) -> int:
     from service import reanalyze
     from workers.provider import analyzer_version
@@ -710,6 +721,12 @@ def parser() -> argparse.ArgumentParser:
     )
     i_key.add_argument("name")
     i_key.set_defaults(func=cmd_instance_set_apikey)
+
+    doctor = sub.add_parser(
+        "doctor", help="check the install and each Evolution server; the fix for each problem"
+    )
+    doctor.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    doctor.set_defaults(func=cmd_doctor)
 
     endpoint = sub.add_parser(
         "endpoint", help="a tenant's outbound subscriptions (fan-out)"

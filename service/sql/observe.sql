@@ -28,3 +28,25 @@ SELECT coalesce(i.state, 'unknown') AS state, count(*) AS n,
                           i.created_at) < now() - make_interval(secs => $1)) AS silent
 FROM instances AS i
 GROUP BY 1
+
+-- name: doctor_quarantine
+SELECT s.name AS source, q.instance_name, count(*) AS events
+FROM quarantine AS q JOIN sources AS s USING (source_id)
+GROUP BY 1, 2 ORDER BY 3 DESC
+
+-- name: doctor_endpoints
+-- Endpoints that are failing, or were disabled by a failure (not by their tenant).
+SELECT t.name AS tenant, e.url, e.enabled, e.disabled_reason, e.failing_since
+FROM endpoints AS e JOIN tenants AS t USING (tenant_id)
+WHERE (e.enabled AND e.failing_since IS NOT NULL)
+   OR (NOT e.enabled AND e.disabled_reason IS NOT NULL)
+ORDER BY e.failing_since NULLS LAST
+
+-- name: doctor_sources
+SELECT source_id, name, evolution_url, evolution_apikey FROM sources ORDER BY name
+
+-- name: doctor_instances
+SELECT i.name,
+       (SELECT max(c.last_message_ts) FROM chats AS c
+        WHERE c.tenant_id = i.tenant_id AND c.instance_id = i.instance_id) AS last_message_ts
+FROM instances AS i WHERE i.source_id = $1
