@@ -390,3 +390,61 @@ async def test_the_analysis_is_delivered_as_message_analyzed(
     assert doc["type"] == "message.analyzed" and doc["data"]["message_id"] == "AN1"
     assert doc["data"]["analysis"]["state"] == "done"
     assert doc["data"]["analysis"]["emotion"] == "joy"
+
+
+async def test_redirects_are_not_followed_and_days_of_failure_disable_with_the_backlog_kept(
+    deployment: Deployment,
+    receivers: list[Receiver],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    elsewhere = receiver(receivers)
+    moved = receiver(receivers, answers=[(302, {"Location": elsewhere.url})] * 50)
+    ep = await endpoint(deployment, "acme", moved.url, events=["message.created"])
+    for n in range(2):
+        await deployment.post(upsert("acme-main", f"FD{n}", "x"))
+    monkeypatch.setattr(outbound, "RETRY_SCHEDULE", (0.2, 0.2, 0.2))
+    settings = load_settings(
+        {},
+        database_url=database_url,
+        fanout_allow_private=True,
+        fanout_poll_seconds=0.05,
+        fanout_disable_after_seconds=0.5,  # "days", shortened
+    )
+    stop = threading.Event()
+    task = asyncio.create_task(Dispatcher(settings).run(stop))
+    try:
+
+        async def disabled() -> Any:
+            got = (await deployment.get(f"/api/v1/endpoints/{ep['id']}", "acme")).json()
+            return not got["enabled"] and got
+
+        state = await polling.eventually(disabled, bool, 20)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert state["disabled_reason"].startswith("failing since")
+    assert len(moved.got) >= 3 and elsewhere.got == []  # the redirect was never followed
+    attempts = (await deployment.get(f"/api/v1/endpoints/{ep['id']}/attempts", "acme")).json()[
+        "items"
+    ]
+    assert {a["status"] for a in attempts} == {302}
+    # re-enabled once the receiver is fixed: the kept backlog arrives, in order
+    moved.answers.clear()
+    patched = await deployment.client.patch(
+        f"/api/v1/endpoints/{ep['id']}",
+        json={"enabled": True},
+        headers={"Authorization": f"Bearer {deployment.tokens['acme']}"},
+    )
+    assert patched.status_code == 200 and patched.json()["enabled"]
+    stop = threading.Event()
+    task = asyncio.create_task(Dispatcher(settings).run(stop))
+    try:
+        await until(lambda: len(moved.accepted) == 2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert [verified(ep["secret"], g)["data"]["message_id"] for g in moved.accepted] == [
+        "FD0",
+        "FD1",
+    ]
