@@ -99,6 +99,9 @@ class Registry:
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
+        # One load at a time: a load that began before a change committed (a NOTIFY's) must not
+        # finish after, and overwrite, one that began after it (the admin call's own).
+        self._loading = asyncio.Lock()
         self._on_new_instances: list[Callable[[list[Instance]], None]] = []
         self._on_tokens_changed: list[Callable[[list[uuid.UUID]], None]] = []
 
@@ -145,6 +148,10 @@ class Registry:
     # loading ----------------------------------------------------------------------------
 
     async def load(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
+        async with self._loading:
+            await self._load(conn)
+
+    async def _load(self, conn: asyncpg.Connection | asyncpg.Pool) -> None:
         sources = await conn.fetch(db.q("registry_sources"))
         tenants = await conn.fetch(db.q("registry_tenants"))
         instances = await conn.fetch(db.q("registry_instances"))
