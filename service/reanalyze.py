@@ -102,6 +102,13 @@ async def mark_and_send(
     return marked
 
 
+async def remaining(conn: asyncpg.Connection, selection: Selection) -> int:
+    """Messages of the selection still waiting to be re-scored."""
+    return int(
+        await conn.fetchval(db.q("reanalyze_remaining"), selection.tenant_id, selection.since)
+    )
+
+
 async def follow(
     conn: asyncpg.Connection,
     selection: Selection,
@@ -113,9 +120,7 @@ async def follow(
     """Report the workers' progress until nothing marked is pending (wrap it in
     ``asyncio.timeout`` to give up earlier); what is left (0)."""
     while True:
-        left = await conn.fetchval(
-            db.q("reanalyze_remaining"), selection.tenant_id, selection.since
-        )
+        left = await remaining(conn, selection)
         report("reanalyze: re-scored", max(marked - left, 0), marked)
         if left == 0:
             return 0

@@ -84,7 +84,8 @@ DISABLED = Gauge(
 
 
 class LeaseLost(Exception):
-    """This worker stalled past its lease and another one holds the endpoint now."""
+    """The endpoint is no longer this worker's: it was changed (a replay, new settings or
+    secret) or this worker stalled past its lease and another one holds it now."""
 
 
 @dataclass
@@ -183,8 +184,8 @@ class Dispatcher:
         try:
             if await self._deliver_backlog(target):
                 await self._release(target, datetime.now(UTC))
-        except LeaseLost:
-            log.warning("endpoint taken over", extra={"endpoint_id": str(target.endpoint_id)})
+        except LeaseLost:  # changed (replay, settings, secret) or taken over: claimed afresh
+            log.info("endpoint let go", extra={"endpoint_id": str(target.endpoint_id)})
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # shutting down: let it go at once
                 await asyncio.shield(self._release(target, datetime.now(UTC)))

@@ -15,7 +15,8 @@ SELECT * FROM endpoints WHERE tenant_id = $1 ORDER BY created_at, endpoint_id
 SELECT * FROM endpoints WHERE tenant_id = $1 AND endpoint_id = $2
 
 -- name: endpoint_update
--- Re-enabling clears the reason and the failure count, and tries at once.
+-- Re-enabling clears the reason and the failure count, and tries at once. A worker holding the
+-- endpoint lets it go at its next move, and whoever claims it next reads the new settings.
 UPDATE endpoints
 SET url = coalesce($3, url), description = coalesce($4, description),
     events = coalesce($5, events), filters = coalesce($6, filters), mode = coalesce($7, mode),
@@ -23,7 +24,8 @@ SET url = coalesce($3, url), description = coalesce($4, description),
     disabled_reason = CASE WHEN $8 THEN NULL ELSE disabled_reason END,
     attempts = CASE WHEN $8 AND NOT enabled THEN 0 ELSE attempts END,
     failing_since = CASE WHEN $8 AND NOT enabled THEN NULL ELSE failing_since END,
-    next_at = CASE WHEN $8 AND NOT enabled THEN now() ELSE next_at END
+    next_at = CASE WHEN $8 AND NOT enabled THEN now() ELSE next_at END,
+    owner = NULL, lease_until = NULL
 WHERE tenant_id = $1 AND endpoint_id = $2
 RETURNING *
 
@@ -32,7 +34,8 @@ DELETE FROM endpoints WHERE tenant_id = $1 AND endpoint_id = $2 RETURNING endpoi
 
 -- name: endpoint_rotate
 UPDATE endpoints
-SET old_secret = secret, old_secret_until = now() + make_interval(secs => $4), secret = $3
+SET old_secret = secret, old_secret_until = now() + make_interval(secs => $4), secret = $3,
+    owner = NULL, lease_until = NULL
 WHERE tenant_id = $1 AND endpoint_id = $2
 RETURNING *
 
@@ -46,9 +49,11 @@ LIMIT 1
 
 -- name: endpoint_rewind
 -- Replay: the position goes back to ($3, $4) (NULL: the frontier, nothing to send again).
+-- A worker holding the endpoint loses it (its next move is refused) and it is claimed afresh.
 UPDATE endpoints
 SET position_xid = coalesce($3::text::xid8, pg_snapshot_xmin(pg_current_snapshot())),
-    position_seq = $4, attempts = 0, next_at = now(), failing_since = NULL
+    position_seq = $4, attempts = 0, next_at = now(), failing_since = NULL,
+    owner = NULL, lease_until = NULL
 WHERE tenant_id = $1 AND endpoint_id = $2
 RETURNING position_xid::text::bigint AS xid, position_seq AS seq
 

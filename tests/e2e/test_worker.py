@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, embedding_dims, sense, start_server
+from tests.e2e.conftest import Server, embedding_dims, sense, start_server, stop
 from tests.integration.conftest import upsert
 
 WAIT = 60.0
@@ -127,3 +127,15 @@ def test_webhook_to_analysis_and_semantic_search(
     for mid in ("W1", "W2"):
         r = httpx.get(f"{server.url}/api/v1/messages/acme-1/{mid}", headers=headers)
         assert r.json()["analysis"]["analyzer"] == summary["analyzer"]
+    # --no-wait queues and says how many are left: with the worker stopped, all of them
+    assert stop(worker) == 0
+    asyncio.run(age(("W3",)))
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "reanalyze", "--tenant", "acme", "--no-wait"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["marked"] == json.loads(out.stdout)["left"] == 1

@@ -120,8 +120,20 @@ async def test_a_healthy_install_is_all_green(
     assert render(report).endswith("all good")
 
 
+@pytest.fixture
+def no_worker(redis_url: str) -> None:
+    """No worker polling (heartbeats other tests' workers left in the shared Redis, gone)."""
+    client = redis.Redis.from_url(redis_url)
+    client.delete("dramatiq:__heartbeats__")
+    client.close()
+
+
 async def test_each_problem_is_named_with_its_fix(
-    conn: asyncpg.Connection, evolution: FakeEvolution, database_url: str, redis_url: str
+    conn: asyncpg.Connection,
+    evolution: FakeEvolution,
+    database_url: str,
+    redis_url: str,
+    no_worker: None,
 ) -> None:
     await _setup(conn, evolution)
     await conn.execute("UPDATE chats SET last_message_ts = now() - interval '3 hours'")
@@ -176,7 +188,11 @@ async def test_a_wrong_key_and_an_unreachable_server(
 
 
 async def test_the_cli_exits_non_zero_on_a_problem_and_speaks_json(
-    conn: asyncpg.Connection, evolution: FakeEvolution, database_url: str, redis_url: str
+    conn: asyncpg.Connection,
+    evolution: FakeEvolution,
+    database_url: str,
+    redis_url: str,
+    no_worker: None,
 ) -> None:
     await _setup(conn, evolution)
     evolution.instances = [instance("acme-main")]
