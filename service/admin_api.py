@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from service import admin, backfill, db
 from service.http import JSON, error
-from service.requests import MAX_JSON_BODY, BodyTooLarge, read_json
+from service.requests import BodyTooLarge, body_refusal, read_json
 from service.resources import ItemsOfJobs, JobCreated, job_from_row
 from service.state import Services
 
@@ -99,12 +99,8 @@ def _admin_route(kind: type[Any], action: Any, status: int = 201) -> Any:
         try:
             payload = await read_json(request, kind)
             result = await action(services, payload, **request.path_params)
-        except msgspec.ValidationError as exc:
-            return error(422, "invalid_body", str(exc))
-        except msgspec.DecodeError as exc:
-            return error(400, "invalid_json", str(exc))
-        except BodyTooLarge:
-            return error(413, "payload_too_large", f"admin body over {MAX_JSON_BODY} bytes")
+        except (msgspec.ValidationError, msgspec.DecodeError, BodyTooLarge) as exc:
+            return body_refusal(exc)
         except admin.AdminError as exc:
             return error(exc.status, exc.code, exc.detail)
         return JSON(result, status_code=status)

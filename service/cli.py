@@ -216,11 +216,7 @@ def cmd_endpoint_create(env: Environment, args: argparse.Namespace) -> int:
 def cmd_endpoint_list(env: Environment, args: argparse.Namespace) -> int:
     from service import endpoints
 
-    async def listed(services: Any, tenant_id: Any) -> Any:
-        rows = await services.pool.fetch(db.q("endpoint_list"), tenant_id)
-        return 200, endpoints.Endpoints([endpoints.endpoint_from_row(r) for r in rows])
-
-    return _endpoint_call(env, args, listed)
+    return _endpoint_call(env, args, endpoints.list_all)
 
 
 def cmd_endpoint_replay(env: Environment, args: argparse.Namespace) -> int:

@@ -17,7 +17,14 @@ from starlette.routing import Route
 from service import db, outbound
 from service.http import JSON, error
 from service.outbound import EVENT_TYPES, MODES, Filters, UrlRefused
-from service.requests import MAX_JSON_BODY, BodyTooLarge, int_param, read_json, tenant_of
+from service.requests import (
+    BodyTooLarge,
+    body_refusal,
+    int_param,
+    read_json,
+    tenant_of,
+    unauthorized,
+)
 from service.resources import iso
 from service.state import Services
 
@@ -245,9 +252,7 @@ def _route(action: Any, kind: type[Any] | None = None) -> Any:
         services: Services = request.app.state.services
         tenant = tenant_of(request)
         if tenant is None:
-            return error(
-                401, "unauthorized", "a tenant token is required", {"WWW-Authenticate": "Bearer"}
-            )
+            return unauthorized()
         args: list[Any] = [services, tenant.tenant_id]
         raw_id = request.path_params.get("endpoint_id")
         try:
@@ -259,12 +264,8 @@ def _route(action: Any, kind: type[Any] | None = None) -> Any:
             if kind is not None:
                 args.append(await read_json(request, kind))
             status, result = await action(*args)
-        except msgspec.ValidationError as exc:
-            return error(422, "invalid_body", str(exc))
-        except msgspec.DecodeError as exc:
-            return error(400, "invalid_json", str(exc))
-        except BodyTooLarge:
-            return error(413, "payload_too_large", f"body over {MAX_JSON_BODY} bytes")
+        except (msgspec.ValidationError, msgspec.DecodeError, BodyTooLarge) as exc:
+            return body_refusal(exc)
         except Refused as exc:
             return error(exc.status, exc.code, exc.detail)
         except asyncpg.DataError as exc:
@@ -276,22 +277,13 @@ def _route(action: Any, kind: type[Any] | None = None) -> Any:
     return handler
 
 
-async def list_endpoints(request: Request) -> Response:
-    services: Services = request.app.state.services
-    tenant = tenant_of(request)
-    if tenant is None:
-        return error(
-            401, "unauthorized", "a tenant token is required", {"WWW-Authenticate": "Bearer"}
-        )
-    rows = await services.pool.fetch(db.q("endpoint_list"), tenant.tenant_id)
-    return JSON(Endpoints([endpoint_from_row(r) for r in rows]))
+async def list_all(s: Services, tenant_id: uuid.UUID) -> tuple[int, Any]:
+    rows = await s.pool.fetch(db.q("endpoint_list"), tenant_id)
+    return 200, Endpoints([endpoint_from_row(r) for r in rows])
 
 
-async def get_endpoint(request: Request) -> Response:
-    async def read(s: Services, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> Any:
-        return 200, endpoint_from_row(await _get(s, tenant_id, endpoint_id))
-
-    return await _route(read)(request)
+async def _read(s: Services, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> tuple[int, Any]:
+    return 200, endpoint_from_row(await _get(s, tenant_id, endpoint_id))
 
 
 async def list_attempts(request: Request) -> Response:
@@ -325,8 +317,8 @@ def routes() -> list[Route]:
     one = base + "/{endpoint_id}"
     return [
         Route(base, _route(create, EndpointIn), methods=["POST"]),
-        Route(base, list_endpoints, methods=["GET"]),
-        Route(one, get_endpoint, methods=["GET"]),
+        Route(base, _route(list_all), methods=["GET"]),
+        Route(one, _route(_read), methods=["GET"]),
         Route(one, _route(_update, EndpointPatch), methods=["PATCH"]),
         Route(one, _route(_delete), methods=["DELETE"]),
         Route(one + "/rotate-secret", _route(_rotate, EndpointRotateIn), methods=["POST"]),

@@ -93,3 +93,13 @@ async def read_json(request: Request, kind: type[Any]) -> Any:
         if len(body) > MAX_JSON_BODY:
             raise BodyTooLarge()
     return msgspec.json.decode(body or b"{}", type=kind)
+
+
+def body_refusal(exc: msgspec.ValidationError | msgspec.DecodeError | BodyTooLarge) -> Response:
+    """The answer to a JSON body that cannot be used: 413, 400 (not JSON) or 422 (not the
+    expected shape)."""
+    if isinstance(exc, BodyTooLarge):
+        return error(413, "payload_too_large", f"body over {MAX_JSON_BODY} bytes")
+    if isinstance(exc, msgspec.ValidationError):
+        return error(422, "invalid_body", str(exc))
+    return error(400, "invalid_json", str(exc))

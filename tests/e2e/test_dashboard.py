@@ -171,12 +171,7 @@ async def test_login_live_message_badge_and_search(browser: Browser, live: Live)
     live.post(pairing("acme-main"))
     # the tenant's endpoint (fan-out): the worker delivers to it, the page shows the attempts
     hook = Receiver()
-    made = live.http.post(
-        "/api/v1/endpoints",
-        json={"url": hook.url, "events": ["message.created"], "description": "crm"},
-        headers={"Authorization": f"Bearer {live.tokens['acme']}"},
-    )
-    assert made.status_code == 201, made.text
+    made = live.endpoint("acme", hook.url, events=["message.created"], description="crm")
     earlier = uid("E")
     earlier_text = "Bom dia, preciso da segunda via do boleto"
     live.post(upsert("acme-main", earlier, earlier_text))
@@ -196,7 +191,7 @@ async def test_login_live_message_badge_and_search(browser: Browser, live: Live)
     instance = page.locator('#instances [data-instance="acme-main"]')
     await expect(instance.locator(".state")).to_have_text("pairing")
     await expect(instance.locator(".recovered")).to_have_text("2 messages recovered")
-    endpoint = page.locator(f'#endpoints [data-endpoint="{made.json()["id"]}"]')
+    endpoint = page.locator(f'#endpoints [data-endpoint="{made["id"]}"]')
     await expect(endpoint.locator(".name")).to_have_text("crm")
     await expect(endpoint.locator(".state")).to_have_text("ok")
     await expect(endpoint.locator(".attempt").first).to_contain_text("200 · ")

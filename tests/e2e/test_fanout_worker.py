@@ -36,12 +36,7 @@ def test_kill_9_of_the_worker_mid_delivery_loses_nothing(
     live = Live(server, clean_db, redis_url)
     first = second = None
     try:
-        made = live.http.post(
-            "/api/v1/endpoints",
-            json={"url": hook.url, "events": ["message.created"]},
-            headers={"Authorization": f"Bearer {live.tokens['acme']}"},
-        )
-        assert made.status_code == 201, made.text
+        live.endpoint("acme", hook.url, events=["message.created"])
         ids = [uid("K") for _ in range(3)]
         for message_id in ids:
             live.post(upsert("acme-main", message_id, "x"))

@@ -111,12 +111,7 @@ def test_every_panel_and_rule_returns_data_from_a_real_prometheus(
     )
     api = f"http://127.0.0.1:{prom_port}/api/v1"
     try:
-        made = live.http.post(
-            "/api/v1/endpoints",
-            json={"url": hook.url, "events": ["message.created"]},
-            headers={"Authorization": f"Bearer {live.tokens['acme']}"},
-        )
-        assert made.status_code == 201, made.text
+        live.endpoint("acme", hook.url, events=["message.created"])
         eventually_sync(lambda: _ready(f"http://127.0.0.1:{prom_port}/-/ready"), bool, 60)
         deadline = time.monotonic() + 12
         n = 0

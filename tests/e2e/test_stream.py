@@ -58,6 +58,16 @@ class Live:
     def ws_url(self) -> str:
         return self.server.url.replace("http://", "ws://") + "/api/v1/stream"
 
+    def endpoint(self, tenant: str, url: str, **fields: Any) -> dict[str, Any]:
+        """A fan-out endpoint of ``tenant`` (service/endpoints.py), as created."""
+        r = self.http.post(
+            "/api/v1/endpoints",
+            json={"url": url, **fields},
+            headers={"Authorization": f"Bearer {self.tokens[tenant]}"},
+        )
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
     def post(self, body: dict[str, Any]) -> None:
         # a fresh connection each time, so that the posts spread over both worker processes
         r = httpx.post(self.server.url + self.hook, json=body, timeout=10)

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import asyncpg
@@ -30,6 +30,7 @@ from service.rows import Committed
 from service.settings import load_settings
 from tests.integration import polling
 from tests.integration.conftest import ADMIN, Deployment, running_app, upsert
+from tests.integration.doubles import JsonHandler
 
 KEY = "EVO-GLOBAL-KEY"
 LOADING = "Cannot read properties of undefined (reading 'fetchMessages')"
@@ -49,10 +50,7 @@ class FakeEvolution:
         self.slow: list[float] = []  # seconds before the answer, one per request
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.calls.append(body)
@@ -95,14 +93,6 @@ class FakeEvolution:
                 pages = -(-len(rows) // offset)
                 answer = {"total": len(rows), "pages": pages, "currentPage": page, "records": chunk}
                 return self._send(200, {"messages": answer})
-
-            def _send(self, status: int, doc: Any) -> None:
-                raw = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -271,6 +261,17 @@ def runner(
     )
 
 
+async def _queued(
+    conn: asyncpg.Connection, evolution: FakeEvolution, prefix: str, count: int
+) -> tuple[list[str], uuid.UUID]:
+    """Evolution holds ``count`` messages no webhook brought here; a job is asked for them."""
+    instance = await _jobs_setup(conn, evolution)
+    ids = [f"{prefix}{n}" for n in range(count)]
+    evolution.records["acme-main"] = [stored(m, T0 + 10 * n, m) for n, m in enumerate(ids)]
+    start = datetime.fromtimestamp(T0 - 60, UTC)
+    return ids, await backfill.create(conn, instance, start, start + timedelta(minutes=5))
+
+
 async def _job(conn: asyncpg.Connection, job_id: uuid.UUID) -> Any:
     return await conn.fetchrow("SELECT * FROM backfill_jobs WHERE job_id = $1", job_id)
 
@@ -287,11 +288,7 @@ async def _stored_once(conn: asyncpg.Connection, ids: list[str]) -> None:
 async def test_a_job_whose_runner_dies_is_resumed_from_its_last_page_by_another(
     conn: asyncpg.Connection, pool: asyncpg.Pool, database_url: str, evolution: FakeEvolution
 ) -> None:
-    instance = await _jobs_setup(conn, evolution)
-    ids = [f"RS{n}" for n in range(5)]
-    evolution.records["acme-main"] = [stored(m, T0 + 10 * n, m) for n, m in enumerate(ids)]
-    start = datetime.fromtimestamp(T0 - 60, UTC)
-    job_id = await backfill.create(conn, instance, start, start + timedelta(minutes=5))
+    ids, job_id = await _queued(conn, evolution, "RS", 5)
     seen: list[Committed] = []  # what the live stream and the workers are handed
 
     async def hook(committed: Committed) -> None:
@@ -332,11 +329,7 @@ async def test_a_job_whose_runner_dies_is_resumed_from_its_last_page_by_another(
 async def test_a_runner_that_lost_its_lease_merges_nothing_more(
     conn: asyncpg.Connection, pool: asyncpg.Pool, database_url: str, evolution: FakeEvolution
 ) -> None:
-    instance = await _jobs_setup(conn, evolution)
-    ids = [f"LL{n}" for n in range(3)]
-    evolution.records["acme-main"] = [stored(m, T0 + 10 * n, m) for n, m in enumerate(ids)]
-    start = datetime.fromtimestamp(T0 - 60, UTC)
-    job_id = await backfill.create(conn, instance, start, start + timedelta(minutes=5))
+    ids, job_id = await _queued(conn, evolution, "LL", 3)
     stalled, other = runner(pool, database_url), runner(pool, database_url)
     job = await stalled.claim(job_id)
     assert job is not None

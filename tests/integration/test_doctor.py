@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import asyncpg
@@ -22,6 +22,7 @@ from service import admin
 from service.doctor import Doctor, Report, render
 from service.settings import load_settings
 from tests.integration.conftest import upsert
+from tests.integration.doubles import JsonHandler
 
 KEY = "GLOBAL-KEY"
 
@@ -31,10 +32,7 @@ class FakeEvolution:
         self.instances: list[dict[str, Any]] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 if self.path == "/":
                     return self._send(200, {"status": 200, "version": "2.3.7"})
@@ -45,14 +43,6 @@ class FakeEvolution:
                         )
                     return self._send(200, fake.instances)
                 return self._send(404, {"status": 404})
-
-            def _send(self, status: int, doc: Any) -> None:
-                raw = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -89,6 +79,11 @@ async def _setup(conn: asyncpg.Connection, evolution: FakeEvolution, key: str = 
     )
 
 
+async def diagnose(database_url: str, redis_url: str, wait: float = 10.0) -> Report:
+    settings = load_settings({}, database_url=database_url, redis_url=redis_url)
+    return await Doctor(settings, timeout=wait).run()
+
+
 def checks(report: Report) -> dict[str, Any]:
     return {c.name: c for c in report.checks}
 
@@ -112,7 +107,7 @@ async def test_a_healthy_install_is_all_green(
 ) -> None:
     await _setup(conn, evolution)
     evolution.instances = [instance("acme-main")]
-    report = await Doctor(load_settings({}, database_url=database_url, redis_url=redis_url)).run()
+    report = await diagnose(database_url, redis_url)
     assert report.ok, render(report)
     found = checks(report)
     assert found["evolution evo"].detail == "reachable, version 2.3.7"
@@ -149,7 +144,7 @@ async def test_each_problem_is_named_with_its_fix(
         " SELECT tenant_id, 'https://crm.example.com/in', '{message.created}', 'whsec_x',"
         " '1'::xid8, now() - interval '2 hours' FROM tenants"
     )
-    report = await Doctor(load_settings({}, database_url=database_url, redis_url=redis_url)).run()
+    report = await diagnose(database_url, redis_url)
     assert not report.ok
     found = checks(report)
     problems = {c.name for c in report.checks if not c.ok}
@@ -178,9 +173,7 @@ async def test_a_wrong_key_and_an_unreachable_server(
 ) -> None:
     await _setup(conn, evolution, key="WRONG")
     await admin.create_source(conn, "gone", False, "http://127.0.0.1:9", KEY)
-    report = await Doctor(
-        load_settings({}, database_url=database_url, redis_url=redis_url), timeout=2
-    ).run()
+    report = await diagnose(database_url, redis_url, wait=2)
     found = checks(report)
     assert not found["evolution evo key"].ok and "401" in found["evolution evo key"].detail
     assert "--evolution-apikey" in (found["evolution evo key"].fix or "")
