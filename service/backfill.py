@@ -37,7 +37,7 @@ import asyncpg
 import httpx
 import msgspec
 
-from service import db, metrics
+from service import db, metrics, tasks
 from service.contracts import Key
 from service.events import OverLimit, PayloadError, build_ops
 from service.ingest import write_ops
@@ -540,9 +540,7 @@ class Runner:
                 log.exception("backfill job %s failed", job.job_id)
                 error = f"internal error ({exc.__class__.__name__})"
         finally:  # also when this task is cancelled (the process stops): nothing left running
-            for task in (heartbeat, work):
-                task.cancel()
-            await asyncio.gather(heartbeat, work, return_exceptions=True)
+            await asyncio.gather(tasks.stop(heartbeat), tasks.stop(work), return_exceptions=True)
         state = "failed" if error else "done"
         async with self.pool.acquire() as conn:
             finished = await conn.fetchval(
@@ -610,10 +608,7 @@ class Runner:
         self._task = asyncio.create_task(self._loop(triggers), name="sense-backfill")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
 
     async def _loop(self, triggers: Triggers | None) -> None:
         while True:

@@ -27,6 +27,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from service import tasks
 from service.contracts import INDEX_ACTOR, INDEX_QUEUE, Key, job, redis_broker
 from service.rows import Committed
 
@@ -98,10 +99,7 @@ class Enqueuer:
                 "%d messages not enqueued at shutdown (Redis away): the reconciler sends them",
                 len(self._buffer),
             )
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
         with contextlib.suppress(Exception):
             self.broker.client.close()
 

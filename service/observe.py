@@ -6,13 +6,12 @@ not cost the database), so one server process computes them every ``SENSE_OBSERV
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from service import db, metrics
+from service import db, metrics, tasks
 from service.contracts import BACKFILL_QUEUE, INDEX_QUEUE, QUEUE
 
 if TYPE_CHECKING:
@@ -36,10 +35,7 @@ class Observer:
         self._task = asyncio.create_task(self._run(), name="sense-observe")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
 
     async def _run(self) -> None:
         while True:

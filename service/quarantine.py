@@ -19,7 +19,6 @@ and counted up between reads, so the check costs no query; it sets the same figu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
-from service import db
+from service import db, tasks
 from service.payloads import lenient_document, without_inline_media
 from service.resolve import digest
 
@@ -126,10 +125,7 @@ class Guard:
         self._task = asyncio.create_task(self._run(), name="sense-quarantine")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

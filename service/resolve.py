@@ -21,7 +21,7 @@ from types import MappingProxyType
 
 import asyncpg
 
-from service import db
+from service import db, tasks
 
 log = logging.getLogger("sense.resolve")
 
@@ -206,10 +206,7 @@ class Registry:
         self._task = asyncio.create_task(self._follow(dsn, pool, refresh_seconds))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
 

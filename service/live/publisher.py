@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from service import db
+from service import db, tasks
 from service.contracts import FRAMES_PER_MESSAGE, Key
 from service.live.frames import (
     Created,
@@ -78,10 +78,7 @@ class Publisher:
             await asyncio.wait_for(self._idle.wait(), seconds)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
 
     async def _run(self) -> None:
         while True:
