@@ -45,8 +45,9 @@ log = logging.getLogger("sense.fanout")
 BATCH = 100  # feed rows read at a time
 TURN = 1_000  # events delivered per claim; then the endpoint is let go (others get a turn)
 KEEP_ATTEMPTS = 100  # per endpoint
-BACKLOG_CAP = 100_000  # the backlog gauge counts this far
-CHORES_SECONDS = 15.0
+BACKLOG_CAP = 10_000  # the backlog gauge counts this far
+CHORES_SECONDS = 15.0  # the gauges
+PRUNE_SECONDS = 600.0  # the feed's old rows
 
 DELIVERIES = Counter(
     "sense_fanout_deliveries_total",
@@ -61,7 +62,7 @@ ATTEMPT_SECONDS = Histogram(
 )
 BACKLOG = Gauge(
     "sense_fanout_backlog",
-    f"Feed events an endpoint has not handled yet (counted up to {BACKLOG_CAP})",
+    f"Feed events an endpoint has not handled yet (counted up to {BACKLOG_CAP:,})",
     ["endpoint_id"],
     multiprocess_mode="livemax",
 )
@@ -132,6 +133,7 @@ class Dispatcher:
         self.pool: asyncpg.Pool | None = None
         self.client: httpx.AsyncClient | None = None
         self._labels: set[str] = set()
+        self._prune_at = 0.0
 
     def run_forever(self, stop: threading.Event) -> None:
         asyncio.run(self.run(stop))
@@ -182,8 +184,12 @@ class Dispatcher:
     async def turn(self, target: Target) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(target.endpoint_id))
         try:
-            if await self._deliver_backlog(target):
-                await self._release(target, datetime.now(UTC))
+            outcome = await self._deliver_backlog(target)
+            if outcome != "failed":
+                # caught up: look again a little later (an idle endpoint costs a claim and a
+                # read per look); its turn over with more to send: at once
+                idle = 2 * self.settings.fanout_poll_seconds if outcome == "caught up" else 0.0
+                await self._release(target, datetime.now(UTC) + timedelta(seconds=idle))
         except LeaseLost:  # changed (replay, settings, secret) or taken over: claimed afresh
             log.info("endpoint let go", extra={"endpoint_id": str(target.endpoint_id)})
         except asyncio.CancelledError:
@@ -195,9 +201,9 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _deliver_backlog(self, target: Target) -> bool:
-        """Deliver until caught up or a turn is over (True: let it go as due), or until a
-        delivery failed (False: already let go until its next try, or disabled)."""
+    async def _deliver_backlog(self, target: Target) -> str:
+        """Deliver until ``caught up``, until the ``turn over``, or until a delivery
+        ``failed`` (then it was let go until its next try, or disabled)."""
         assert self.pool is not None
         handled = 0
         while handled < TURN:
@@ -205,19 +211,19 @@ class Dispatcher:
                 db.q("fanout_feed_after"), target.tenant_id, str(target.xid), target.seq, BATCH
             )
             if not rows:
-                return True
+                return "caught up"
             messages, instances = await self._context(target, rows)
             for row in rows:
                 body = self._body(target, row, messages, instances)
                 if body is not None:
                     if not await self._deliver(target, row, body):
-                        return False
+                        return "failed"
                     handled += 1
                 target.xid, target.seq = row["xid"], row["seq"]
                 if body is not None:
                     await self._advance(target)
             await self._advance(target)  # past the batch's last rows, delivered or not
-        return True
+        return "turn over"
 
     async def _context(
         self, target: Target, rows: list[Any]
@@ -402,7 +408,9 @@ class Dispatcher:
 
     async def chores(self) -> None:
         assert self.pool is not None
-        await self.pool.execute(db.q("fanout_prune"), self.settings.fanout_retention_seconds)
+        if time.monotonic() >= self._prune_at:
+            await self.pool.execute(db.q("fanout_prune"), self.settings.fanout_retention_seconds)
+            self._prune_at = time.monotonic() + PRUNE_SECONDS
         rows = await self.pool.fetch(db.q("fanout_backlog"), BACKLOG_CAP)
         labels = set()
         for r in rows:
