@@ -532,7 +532,7 @@ class Runner:
                 return "lost"
             except BackfillError as exc:
                 error = str(exc)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, db.Unavailable) as exc:
                 # Postgres blinked: the lease runs out and a runner resumes from the cursor
                 log.warning("backfill interrupted: %s: %s", exc.__class__.__name__, exc)
                 return "interrupted"
@@ -597,7 +597,7 @@ class Runner:
                 renewed = await self.pool.fetchval(
                     db.q("backfill_renew"), job_id, self.owner, self.lease
                 )
-            except (OSError, asyncpg.PostgresError):
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, db.Unavailable):
                 continue  # Postgres blinked: the next beat tries again
             if renewed is None:
                 return
@@ -656,7 +656,11 @@ class Triggers:
             self._started = True
         if self._changed:
             changed, self._changed = list(self._changed), set()
-            await self.states_changed(changed)
+            try:
+                await self.states_changed(changed)
+            except BaseException:
+                self._changed.update(changed)  # not lost: looked at again next time
+                raise
         if self.settings.backfill_sweep_seconds and time.monotonic() >= self._next_sweep:
             await self.sweep()
             self._next_sweep = time.monotonic() + min(60.0, self.settings.backfill_sweep_seconds)
@@ -677,8 +681,9 @@ class Triggers:
         start: datetime,
         end: datetime,
         not_before: datetime | None = None,
-    ) -> None:
-        await conn.execute(
+    ) -> bool:
+        """Asked (a job created or widened); False if one is running for the instance."""
+        job_id = await conn.fetchval(
             db.q("backfill_request"),
             row["tenant_id"],
             row["instance_id"],
@@ -688,6 +693,7 @@ class Triggers:
             end,
             not_before or end,
         )
+        return job_id is not None
 
     async def at_start(self) -> None:
         """Every instance that can be asked, since its newest stored message."""
@@ -705,7 +711,7 @@ class Triggers:
                 if row["state"] != "open":
                     await conn.execute(db.q("backfill_went_down"), row["instance_id"])
                     continue
-                down_at = await conn.fetchval(db.q("backfill_came_back"), row["instance_id"])
+                down_at = await conn.fetchval(db.q("backfill_down_since"), row["instance_id"])
                 if down_at is None:  # its going down was not seen: since its newest message
                     rows = await conn.fetch(db.q("backfill_instances"), None)
                     newest = [r for r in rows if r["instance_id"] == row["instance_id"]]
@@ -714,7 +720,10 @@ class Triggers:
                 # times: the job waits for that before it looks (evolution-rest.md §4.3)
                 wait = timedelta(seconds=self.settings.backfill_reconnect_delay_seconds)
                 since = self._bounded(down_at, now)
-                await self._request(conn, row, "reconnect", since, now, now + wait)
+                if await self._request(conn, row, "reconnect", since, now, now + wait):
+                    await conn.execute(db.q("backfill_came_back"), row["instance_id"])
+                else:  # a job is running: ask again at the next look (still remembered)
+                    self._changed.add(row["instance_id"])
 
     async def sweep(self) -> None:
         """Instances not swept for ``backfill_sweep_seconds``: a job over the last

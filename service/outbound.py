@@ -87,8 +87,10 @@ def check_url(url: str) -> tuple[str, int]:
 def refusal(address: str) -> str | None:
     """Why an address may not be called (loopback, link-local, private...), or None."""
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):  # an IPv4 address inside (mapped, 6to4, Teredo)
+        inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if inner is not None:
+            ip = inner
     for test, name in (
         (ip.is_loopback, "loopback"),
         (ip.is_unspecified, "unspecified"),
@@ -96,6 +98,7 @@ def refusal(address: str) -> str | None:
         (ip.is_private, "private"),
         (ip.is_multicast, "multicast"),
         (ip.is_reserved, "reserved"),
+        (not ip.is_global, "non-public"),  # e.g. 100.64.0.0/10 (CGNAT, a cloud's metadata)
     ):
         if test:
             return name
@@ -127,7 +130,7 @@ def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, Any]]
     """``url`` sent to ``address`` (the one checked): the URL, the Host header and the TLS
     server name, so that the name cannot be resolved again to something else."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    host = (parts.hostname or "").encode("idna").decode("ascii")  # an IDN as the wire has it
     literal = f"[{address}]" if ":" in address else address
     netloc = literal if parts.port is None else f"{literal}:{parts.port}"
     target = parts._replace(netloc=netloc).geturl()

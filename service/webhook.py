@@ -291,9 +291,13 @@ ENVELOPE_EVENTS = {
 
 
 def keep_envelope(ops: Ops, instance: Instance, event: str, body: bytes) -> None:
-    """The envelope as received, inline media stripped (``data.message.base64``), for the
-    tenant's `evolution` endpoints: a feed row written with the event's own rows."""
+    """The envelope as received, inline media stripped (``data.message.base64``) and without
+    ``destination`` (the URL Evolution posted to: this service's, with the source's secret;
+    each delivery names its endpoint's instead), for the tenant's `evolution` endpoints: a feed
+    row written with the event's own rows."""
     doc = msgspec.json.decode(body)
+    if isinstance(doc, dict):
+        doc.pop("destination", None)  # this service's webhook URL: it holds the source secret
     data = doc.get("data") if isinstance(doc, dict) else None
     message = data.get("message") if isinstance(data, dict) else None
     if isinstance(message, dict):

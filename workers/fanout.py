@@ -103,9 +103,10 @@ class Target:
     xid: int
     seq: int
     attempts: int
+    owner: str  # this claim's: a later claim (even by this worker) makes its moves fail
 
     @classmethod
-    def of(cls, row: Any) -> Target:
+    def of(cls, row: Any, owner: str) -> Target:
         keys = [row["secret"]]
         until = row["old_secret_until"]
         if row["old_secret"] and until is not None and until > datetime.now(UTC):
@@ -121,6 +122,7 @@ class Target:
             row["position_xid"],
             row["position_seq"],
             row["attempts"],
+            owner,
         )
 
 
@@ -141,7 +143,13 @@ class Dispatcher:
     async def run(self, stop: threading.Event) -> None:
         s = self.settings
         assert s.database_url
-        self.pool = await db.create_pool(s.database_url, 4, s.db_timeout_seconds)
+        while self.pool is None:
+            try:
+                self.pool = await db.create_pool(s.database_url, 4, s.db_timeout_seconds)
+            except Exception as exc:  # Postgres not up yet: deliveries start once it is
+                log.warning("fanout: %s: %s", exc.__class__.__name__, exc)
+                if stop.wait(min(5.0, 10 * s.fanout_poll_seconds)):
+                    return
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(s.fanout_timeout_seconds, connect=5.0),
             follow_redirects=False,
@@ -160,16 +168,18 @@ class Dispatcher:
                 try:
                     free = s.fanout_concurrency - len(running)
                     if free > 0:
-                        rows = await self.pool.fetch(
-                            db.q("fanout_claim"), self.owner, self.lease, free
-                        )
+                        owner = f"{self.owner}:{uuid.uuid4().hex[:8]}"
+                        rows = await self.pool.fetch(db.q("fanout_claim"), owner, self.lease, free)
                         for row in rows:
-                            target = Target.of(row)
+                            target = Target.of(row, owner)
+                            old = running.get(target.endpoint_id)
+                            if old is not None:  # changed meanwhile: the old turn stops
+                                old.cancel()
                             running[target.endpoint_id] = asyncio.create_task(self.turn(target))
                     if time.monotonic() >= chores_at:
                         await self.chores()
                         chores_at = time.monotonic() + CHORES_SECONDS
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except Exception as exc:  # Postgres away (or anything else): next poll again
                     log.warning("fanout: %s: %s", exc.__class__.__name__, exc)
                 await asyncio.sleep(s.fanout_poll_seconds)
         finally:
@@ -182,7 +192,8 @@ class Dispatcher:
     # one endpoint's turn --------------------------------------------------------------------
 
     async def turn(self, target: Target) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(target.endpoint_id))
+        assert self.pool is not None
+        heartbeat = asyncio.create_task(self._heartbeat(target))
         try:
             outcome = await self._deliver_backlog(target)
             if outcome != "failed":
@@ -192,6 +203,13 @@ class Dispatcher:
                 await self._release(target, datetime.now(UTC) + timedelta(seconds=idle))
         except LeaseLost:  # changed (replay, settings, secret) or taken over: claimed afresh
             log.info("endpoint let go", extra={"endpoint_id": str(target.endpoint_id)})
+        except Exception:  # Postgres blinked mid-turn, or a bug: try again later, with backoff
+            log.exception("fanout turn failed", extra={"endpoint_id": str(target.endpoint_id)})
+            due = datetime.now(UTC) + timedelta(seconds=outbound.retry_delay(target.attempts + 1))
+            with contextlib.suppress(Exception):
+                await self.pool.execute(
+                    db.q("fanout_failed"), target.endpoint_id, target.owner, due
+                )
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # shutting down: let it go at once
                 await asyncio.shield(self._release(target, datetime.now(UTC)))
@@ -272,7 +290,7 @@ class Dispatcher:
             group = "group" if isinstance(remote, str) and remote.endswith("@g.us") else None
             if not outbound.wanted(target.filters, instance["name"], from_me, group):
                 return None
-            return kind, msgspec.json.encode(envelope)
+            return kind, msgspec.json.encode({**envelope, "destination": target.url})
         if kind not in EVENT_TYPES or kind not in target.events:
             return None
         data: Any
@@ -358,7 +376,7 @@ class Dispatcher:
             await self.pool.execute(
                 db.q("fanout_disable"),
                 target.endpoint_id,
-                self.owner,
+                target.owner,
                 "the receiver answered 410 Gone: re-enable it once it accepts deliveries again",
             )
             log.info("endpoint disabled (410)", extra={"endpoint_id": str(target.endpoint_id)})
@@ -368,7 +386,7 @@ class Dispatcher:
         done = await self.pool.fetchrow(
             db.q("fanout_failed"),
             target.endpoint_id,
-            self.owner,
+            target.owner,
             now + timedelta(seconds=delay),
         )
         since = done["failing_since"] if done is not None else None
@@ -385,7 +403,7 @@ class Dispatcher:
         moved = await self.pool.fetchval(
             db.q("fanout_advance"),
             target.endpoint_id,
-            self.owner,
+            target.owner,
             str(target.xid),
             target.seq,
             self.lease,
@@ -395,21 +413,26 @@ class Dispatcher:
 
     async def _release(self, target: Target, due: datetime) -> None:
         assert self.pool is not None
-        await self.pool.execute(db.q("fanout_release"), target.endpoint_id, self.owner, due)
+        await self.pool.execute(db.q("fanout_release"), target.endpoint_id, target.owner, due)
 
-    async def _heartbeat(self, endpoint_id: uuid.UUID) -> None:
+    async def _heartbeat(self, target: Target) -> None:
         assert self.pool is not None
         while True:
             await asyncio.sleep(self.lease / 3)
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await self.pool.execute(db.q("fanout_renew"), endpoint_id, self.owner, self.lease)
+            with contextlib.suppress(Exception):  # Postgres blinked: the next beat tries again
+                await self.pool.execute(
+                    db.q("fanout_renew"), target.endpoint_id, target.owner, self.lease
+                )
 
     # metrics and housekeeping ---------------------------------------------------------------
 
     async def chores(self) -> None:
         assert self.pool is not None
         if time.monotonic() >= self._prune_at:
-            await self.pool.execute(db.q("fanout_prune"), self.settings.fanout_retention_seconds)
+            async with self.pool.acquire() as conn, conn.transaction():
+                if await conn.fetchval(db.q("fanout_prune_lock")):  # one worker at a time
+                    retention = self.settings.fanout_retention_seconds
+                    await conn.execute(db.q("fanout_prune"), retention)
             self._prune_at = time.monotonic() + PRUNE_SECONDS
         rows = await self.pool.fetch(db.q("fanout_backlog"), BACKLOG_CAP)
         labels = set()

@@ -14,10 +14,15 @@ FROM instances AS i JOIN sources AS s USING (source_id) JOIN tenants AS t USING 
 WHERE i.name = $1
 
 -- name: backfill_create
--- A job on demand: none if the instance already has one queued or running (409).
+-- A job on demand. A queued one of the instance (a check's, not started) becomes it: widened
+-- to this window too, on demand, due now. None if one is running (409).
 INSERT INTO backfill_jobs (tenant_id, instance_id, source_id, reason, window_from, window_to)
 VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (instance_id) WHERE state IN ('queued', 'running') DO NOTHING
+ON CONFLICT (instance_id) WHERE state IN ('queued', 'running')
+DO UPDATE SET window_from = least(backfill_jobs.window_from, EXCLUDED.window_from),
+              window_to = greatest(backfill_jobs.window_to, EXCLUDED.window_to),
+              reason = 'demand', not_before = now()
+WHERE backfill_jobs.state = 'queued' AND backfill_jobs.cursor IS NULL
 RETURNING job_id
 
 -- name: backfill_request
@@ -30,7 +35,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (instance_id) WHERE state IN ('queued', 'running')
 DO UPDATE SET window_from = least(backfill_jobs.window_from, EXCLUDED.window_from),
               window_to = greatest(backfill_jobs.window_to, EXCLUDED.window_to),
-              not_before = greatest(backfill_jobs.not_before, EXCLUDED.not_before)
+              not_before = CASE WHEN backfill_jobs.reason = 'demand'
+                                THEN backfill_jobs.not_before  -- asked for: not delayed
+                                ELSE greatest(backfill_jobs.not_before, EXCLUDED.not_before)
+                           END
 WHERE backfill_jobs.state = 'queued' AND backfill_jobs.cursor IS NULL
 RETURNING job_id
 
@@ -159,12 +167,13 @@ INSERT INTO backfill_state (instance_id, down_at) VALUES ($1, now())
 ON CONFLICT (instance_id) DO UPDATE
 SET down_at = coalesce(backfill_state.down_at, EXCLUDED.down_at)
 
+-- name: backfill_down_since
+-- When an instance was seen leaving `open` (NULL if that was not seen).
+SELECT down_at FROM backfill_state WHERE instance_id = $1
+
 -- name: backfill_came_back
--- An instance is `open` again: when it went down (NULL if that was not seen), forgotten now.
-UPDATE backfill_state AS b SET down_at = NULL
-FROM (SELECT instance_id, down_at FROM backfill_state WHERE instance_id = $1 FOR UPDATE) AS old
-WHERE b.instance_id = old.instance_id
-RETURNING old.down_at
+-- Its reconnect's job is asked for: forget when it went down.
+UPDATE backfill_state SET down_at = NULL WHERE instance_id = $1
 
 -- name: backfill_instance_stats
 SELECT b.instance_id, b.last_sweep_at, b.gaps_found, b.recovered, b.last_gap_at

@@ -44,6 +44,7 @@ RETURNING *
 SELECT xid::text::bigint AS xid, seq FROM fanout_feed
 WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR at >= $2)
   AND ($3::bigint IS NULL OR (xid, seq) > ($3::text::xid8, $4::bigint))
+  AND xid < pg_snapshot_xmin(pg_current_snapshot())  -- never past a row still committing
 ORDER BY xid, seq
 LIMIT 1
 
@@ -128,22 +129,29 @@ WHERE endpoint_id = $1 AND owner = $2
 RETURNING endpoint_id
 
 -- name: fanout_attempt
+-- Recorded, and the endpoint's attempts beyond its newest $8 deleted (the ids are global).
 WITH added AS (
     INSERT INTO endpoint_attempts (endpoint_id, webhook_id, event, status, ms, error, response)
     VALUES ($1, $2, $3, $4, $5, $6, $7)
-    RETURNING attempt_id
 )
 DELETE FROM endpoint_attempts
-WHERE endpoint_id = $1 AND attempt_id <= (SELECT attempt_id FROM added) - $8
+WHERE endpoint_id = $1
+  AND attempt_id <= (SELECT attempt_id FROM endpoint_attempts WHERE endpoint_id = $1
+                     ORDER BY attempt_id DESC OFFSET $8 LIMIT 1)
+
+-- name: fanout_prune_lock
+SELECT pg_try_advisory_xact_lock(hashtext('sense_fanout_prune'))
 
 -- name: fanout_prune
--- Feed rows every endpoint of their tenant is past, older than the retention (so a replay can
--- still reach that far); a backlog kept for a disabled endpoint stays.
+-- Feed rows every endpoint of their tenant is past, older than the retention $1 (so a replay
+-- can still reach that far); a backlog kept for a disabled endpoint stays, up to four times
+-- the retention.
 DELETE FROM fanout_feed AS f
 WHERE f.at < now() - make_interval(secs => $1)
-  AND NOT EXISTS (SELECT 1 FROM endpoints AS e
-                  WHERE e.tenant_id = f.tenant_id
-                    AND (e.position_xid, e.position_seq) < (f.xid, f.seq))
+  AND (f.at < now() - make_interval(secs => 4 * $1)
+       OR NOT EXISTS (SELECT 1 FROM endpoints AS e
+                      WHERE e.tenant_id = f.tenant_id
+                        AND (e.position_xid, e.position_seq) < (f.xid, f.seq)))
 
 -- name: fanout_backlog
 -- Per endpoint: feed rows not yet handled (counted up to $1) and the age of the oldest.

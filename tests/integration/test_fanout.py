@@ -329,7 +329,9 @@ async def test_evolution_mode_sends_the_envelope_as_received(
     assert len(r.accepted) == 1
     sent = verified(ep["secret"], r.accepted[0])
     del body["data"]["message"]["base64"]
-    assert sent == body
+    # as received, but `destination` names the endpoint, never this service's webhook URL
+    # (it holds the source's secret, shared by every tenant of that Evolution server)
+    assert sent == {**body, "destination": r.url}
 
 
 async def test_the_cli_creates_lists_and_replays(

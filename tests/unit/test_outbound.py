@@ -38,6 +38,9 @@ def test_forbidden_addresses() -> None:
         ("fd00::1", "private"),
         ("0.0.0.0", "unspecified"),
         ("224.0.0.1", "multicast"),
+        ("100.100.100.200", "non-public"),  # CGNAT range: a cloud's metadata service
+        ("2002:a9fe:a9fe::1", "link-local"),  # 6to4 around 169.254.169.254
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "private"),  # Teredo: checked as its IPv4
     ):
         assert outbound.refusal(address) == why, address
     assert outbound.refusal("8.8.8.8") is None and outbound.refusal("2606:4700::1111") is None

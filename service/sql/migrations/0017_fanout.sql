@@ -49,6 +49,7 @@ CREATE TABLE fanout_feed (
     PRIMARY KEY (tenant_id, xid, seq)
 );
 CREATE INDEX fanout_feed_at ON fanout_feed (tenant_id, at);
+CREATE INDEX fanout_feed_age ON fanout_feed (at);  -- the prune
 
 CREATE TABLE endpoint_attempts (
     endpoint_id  uuid NOT NULL REFERENCES endpoints ON DELETE CASCADE,
