@@ -183,6 +183,22 @@ def register(
     return out
 
 
+async def subscribe_every_tenant(database_url: str) -> None:
+    """One (disabled) endpoint per tenant: the ingest statement then writes a feed row for each
+    of their changes, as for tenants with live endpoints (deliveries are the workers' cost)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO endpoints (tenant_id, url, events, mode, secret, enabled, position_xid)"
+            " SELECT tenant_id, 'http://127.0.0.1:9/bench', ARRAY['message.created',"
+            " 'message.updated', 'message.analyzed', 'instance.state', 'instance.qrcode'],"
+            " 'sense', 'whsec_YmVuY2g=', false, pg_snapshot_xmin(pg_current_snapshot())"
+            " FROM tenants"
+        )
+    finally:
+        await conn.close()
+
+
 # load generators ------------------------------------------------------------------------------
 
 
@@ -575,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         "--routes", default="null,webhook,naive", help="maximum-rate runs, in this order"
     )
     parser.add_argument("--rate", type=float, help="fixed rate (default: half of ingest's max)")
+    parser.add_argument(
+        "--endpoints",
+        action="store_true",
+        help="every tenant has a fan-out endpoint: ingest writes the change feed for all of them"
+        " (disabled endpoints, so nothing is delivered: the write path's own cost)",
+    )
     args = parser.parse_args(argv)
     # stopped from outside (make interrupted, CI timeout): still stop the server and Postgres
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -620,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
                 start_new_session=True,
             )
         instances = register(server.url, args.tenants, args.instances, args.sources)
+        if args.endpoints:
+            asyncio.run(subscribe_every_tenant(database_url))
         files = (RUN / "deployment.tsv", RUN / "pool.tsv")
         traffic.write_deployment(files[0], instances)
         traffic.write_pool(files[1], traffic.Pool(instances).build(args.pool))
