@@ -668,3 +668,35 @@ async def test_stored_records_of_every_version_land_in_the_right_chat(
     assert done.new == 1
     got = (await deployment.message("acme", "acme-main", "VS1")).json()
     assert (got["chat_jid"], got["text"], got["origin"]) == (chat, "oi", "backfill")
+
+
+async def test_a_reconnect_during_a_running_job_is_asked_for_once_it_ends(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, database_url: str, evolution: FakeEvolution
+) -> None:
+    ids, job_id = await _queued(conn, evolution, "RR", 2)
+    run = runner(pool, database_url)
+    job = await run.claim(job_id)  # running
+    assert job is not None
+    settings = load_settings({}, database_url=database_url)
+    triggers = backfill.Triggers(pool, settings, lambda: None)
+    triggers._started = True  # this process started long ago (no start-up job here)
+    instance_id = job.instance.instance_id
+    await conn.execute("UPDATE instances SET state = 'close'")
+    await triggers.states_changed([instance_id])
+    down_at = await conn.fetchval("SELECT down_at FROM backfill_state")
+    assert down_at is not None
+    await conn.execute("UPDATE instances SET state = 'open'")
+    await triggers.states_changed([instance_id])
+    # a job is running: none is added, and when it went down is not forgotten
+    assert await conn.fetchval("SELECT count(*) FROM backfill_jobs") == 1
+    assert await conn.fetchval("SELECT down_at FROM backfill_state") == down_at
+    assert triggers._changed == {instance_id}
+    assert await run.execute(job) == "done"
+    await triggers.tick()  # the next look
+    rows = await conn.fetch("SELECT * FROM backfill_jobs WHERE state = 'queued'")
+    margin = timedelta(seconds=settings.backfill_margin_seconds)
+    # one job, covering the outage (the tick's first sweep may have widened it further back)
+    assert [r["reason"] for r in rows] == ["reconnect"]
+    assert rows[0]["window_from"] <= down_at - margin < down_at < rows[0]["window_to"]
+    assert await conn.fetchval("SELECT down_at FROM backfill_state") is None
+    await _stored_once(conn, ids)
