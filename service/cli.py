@@ -172,8 +172,6 @@ def _endpoint_call(env: Environment, args: argparse.Namespace, action: Any, *mor
     processes learn of it by NOTIFY."""
     from types import SimpleNamespace
 
-    from service import endpoints
-
     class Quiet:
         async def load(self, conn: Any) -> None:
             pass
@@ -183,16 +181,7 @@ def _endpoint_call(env: Environment, args: argparse.Namespace, action: Any, *mor
         services = SimpleNamespace(pool=conn, settings=env.settings, registry=Quiet())
         return (await action(services, tenant_id, *more))[1]
 
-    try:
-        result = _with_db(env, call)
-    except endpoints.Refused as exc:
-        print(f"error: {exc.detail}", file=sys.stderr)
-        return 1
-    except admin.AdminError as exc:
-        print(f"error: {exc.detail}", file=sys.stderr)
-        return 1
-    _print_json(result)
-    return 0
+    return _admin_call(env, call)  # endpoints.Refused is an AdminError
 
 
 def cmd_endpoint_create(env: Environment, args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import db, outbound
+from service.admin import AdminError
 from service.http import JSON, error
 from service.outbound import EVENT_TYPES, MODES, Filters, UrlRefused
 from service.requests import (
@@ -103,10 +104,9 @@ class EndpointAttempts(msgspec.Struct):
     items: list[EndpointAttempt]
 
 
-class Refused(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
+class Refused(AdminError):
+    """What an endpoints request cannot do: the status, code and detail it is answered with
+    (as the admin API's refusals, so the CLI reports both alike)."""
 
 
 def encode_position(xid: int, seq: int) -> str:

@@ -140,6 +140,19 @@ async def _prepare(conn: asyncpg.Connection, evolution: FakeEvolution) -> Any:
     return instance
 
 
+async def _fill_first_minutes(
+    conn: asyncpg.Connection, evolution: FakeEvolution
+) -> backfill.Progress:
+    """One run over [T0, T0 + 5 min] for acme-main, outside any job."""
+    instance = await _prepare(conn, evolution)
+    start = datetime.fromtimestamp(T0, UTC)
+    client = backfill.Evolution(evolution.url, KEY)
+    try:
+        return await backfill.run(conn, client, instance, start, start + timedelta(minutes=5))
+    finally:
+        await client.aclose()
+
+
 async def test_dropped_webhooks_are_recovered_once_with_tenant_chat_and_status(
     deployment: Deployment, conn: asyncpg.Connection, evolution: FakeEvolution
 ) -> None:
@@ -561,13 +574,7 @@ async def test_an_edit_and_a_delete_only_evolution_saw_are_applied(
     deleted = stored("DL1", T0 + 10, "original")
     deleted["key"]["deleted"] = True
     evolution.records["acme-main"] = [edited, deleted]
-    instance = await _prepare(conn, evolution)
-    start = datetime.fromtimestamp(T0, UTC)
-    client = backfill.Evolution(evolution.url, KEY)
-    try:
-        done = await backfill.run(conn, client, instance, start, start + timedelta(minutes=5))
-    finally:
-        await client.aclose()
+    done = await _fill_first_minutes(conn, evolution)
     assert done.new == 0
     row = await conn.fetchrow(
         "SELECT text, edited_text, edit_ts FROM messages WHERE message_id = 'ED1'"
@@ -658,13 +665,7 @@ async def test_stored_records_of_every_version_land_in_the_right_chat(
     if version == "2.2.x":
         record["pushName"] = None  # returned as stored (2.3.0+ invents one)
     evolution.records["acme-main"] = [record]
-    instance = await _prepare(conn, evolution)
-    start = datetime.fromtimestamp(T0, UTC)
-    client = backfill.Evolution(evolution.url, KEY)
-    try:
-        done = await backfill.run(conn, client, instance, start, start + timedelta(minutes=5))
-    finally:
-        await client.aclose()
+    done = await _fill_first_minutes(conn, evolution)
     assert done.new == 1
     got = (await deployment.message("acme", "acme-main", "VS1")).json()
     assert (got["chat_jid"], got["text"], got["origin"]) == (chat, "oi", "backfill")
