@@ -95,6 +95,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cpu_seconds(group: int | None = None, command: str | None = None) -> float:
+    """User + system CPU seconds of the live processes in process group ``group`` or named
+    ``command`` (/proc; 0 where /proc is not there)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        if (group is not None and int(fields[2]) == group) or name == command:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -219,6 +236,7 @@ async def throughput(svc: Services, env: dict[str, str], tmp: Path, n: int, thre
         import dramatiq
 
         batch = int(env.get("SENSE_ENRICH_BATCH_SIZE", "256"))
+        worker_cpu, postgres_cpu = cpu_seconds(group=worker.pid), cpu_seconds(command="postgres")
         started = time.perf_counter()
         keys = [(tenant_id, instance_id, m) for m in ids]
         for i in range(0, n, batch):
@@ -237,6 +255,8 @@ async def throughput(svc: Services, env: dict[str, str], tmp: Path, n: int, thre
         while await conn.fetchval(pending):  # noqa: ASYNC110 - polling Postgres is the clock
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
+        worker_cpu = cpu_seconds(group=worker.pid) - worker_cpu
+        postgres_cpu = cpu_seconds(command="postgres") - postgres_cpu
     finally:
         stop(worker)
     bad = await conn.fetchval(
@@ -259,6 +279,10 @@ async def throughput(svc: Services, env: dict[str, str], tmp: Path, n: int, thre
         "seconds": round(elapsed, 2),
         "messages_per_second": round(n / elapsed, 1),
         "analyzed_at_span_seconds": round(float(span), 2),
+        # CPU time per message: what one core gives a worker (or Postgres) with the other
+        # elsewhere is 1000 / these
+        "worker_cpu_ms_per_message": round(1000 * worker_cpu / n, 3),
+        "postgres_cpu_ms_per_message": round(1000 * postgres_cpu / n, 3),
     }
 
 

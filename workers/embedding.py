@@ -8,7 +8,9 @@ whatever words they share ("cadê meu pedido?" / "meu pedido ainda não chegou")
 unit-length: cosine similarity is a dot product. ~0.6 ms a short message on one thread.
 
 Identical texts in one call are embedded once. One model per process, shared by the worker's
-threads under a lock (its numpy matrix products use the cores by themselves).
+threads under a lock; its matrix products run on ``threads`` BLAS threads (1 by default, held
+by threadpoolctl): more would spin between the small products and take the CPU the worker's
+other thread and Postgres need.
 """
 
 from __future__ import annotations

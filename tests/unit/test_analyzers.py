@@ -118,6 +118,26 @@ def test_embeddings_are_unit_vectors_and_deterministic(encoder: Encoder) -> None
     assert encoder.embed([]) == []
 
 
+def test_the_encoder_holds_blas_to_its_own_threads(encoder: Encoder) -> None:
+    """Its matrix products run on one BLAS thread, not one spinning thread per core."""
+    from threadpoolctl import threadpool_info
+
+    seen: list[int] = []
+    backend = encoder.model._model
+    forward = backend._encode_batch
+
+    def watched(*args: object) -> None:
+        seen.extend(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
+        forward(*args)
+
+    backend._encode_batch = watched
+    try:
+        encoder.embed(["Quero cancelar minha assinatura"])
+    finally:
+        del backend._encode_batch
+    assert seen and set(seen) == {1}
+
+
 def test_portuguese_paraphrases_are_closer_than_unrelated_sentences(encoder: Encoder) -> None:
     """Each sentence's nearest neighbour is its paraphrase; four of the five pairs share no
     word (the English MiniLM this replaced ranked Portuguese mostly by shared words)."""
