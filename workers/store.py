@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from service import db
-from service.contracts import Key, vector_literal
+from service.contracts import EMBED_DIMENSIONS, Key
 
 T = TypeVar("T")
 
@@ -131,6 +131,16 @@ class Store:
         of what produced them)."""
         if not results:
             return []
+        slots: list[int | None] = []
+        flat: list[float] = []
+        for r in results:
+            if r.embedding is None:
+                slots.append(None)
+            else:
+                if len(r.embedding) != EMBED_DIMENSIONS:
+                    raise ValueError(f"an embedding of {len(r.embedding)} floats")
+                slots.append(len(flat) // EMBED_DIMENSIONS)
+                flat.extend(r.embedding)
         rows = self._call(
             self.pool.fetch(
                 db.q("enrich_save"),
@@ -139,8 +149,10 @@ class Store:
                 [r.sentiment for r in results],
                 [r.emotion for r in results],
                 [r.satisfaction for r in results],
-                [vector_literal(r.embedding) if r.embedding is not None else None for r in results],
+                flat,
                 analyzer,
+                slots,
+                EMBED_DIMENSIONS,
             )
         )
         return [

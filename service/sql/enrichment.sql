@@ -48,7 +48,8 @@ WHERE m.has_content AND m.analysis_state = 'pending'
 -- One statement for the whole batch; state is 'done' or 'skipped' (no text to analyse). The
 -- analysis changes no indexed column of messages (a HOT update, migration 0009); the
 -- embedding goes to the message's search row, which the index actor wrote before.
--- Embeddings come as pgvector text literals ('[0.1,0.2,...]').
+-- The embeddings come as one flat real[] ($8, binary on the wire: no float is printed or
+-- parsed as text) of $11 floats a vector; $10 is each row's slot in it (NULL: no embedding).
 WITH saved AS (
     UPDATE messages AS m
     SET analysis_state = u.state,
@@ -68,12 +69,12 @@ WITH saved AS (
 ),
 embedded AS (
     UPDATE message_search AS s
-    SET embedding = e.embedding::vector
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $8::text[])
-         AS e(tenant_id, instance_id, message_id, embedding)
+    SET embedding = ($8::real[])[e.slot * $11 + 1 : (e.slot + 1) * $11]::vector
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $10::int[])
+         AS e(tenant_id, instance_id, message_id, slot)
     JOIN saved USING (tenant_id, instance_id, message_id)
     WHERE s.tenant_id = e.tenant_id AND s.instance_id = e.instance_id
-      AND s.message_id = e.message_id AND e.embedding IS NOT NULL
+      AND s.message_id = e.message_id AND e.slot IS NOT NULL
 ),
 fed AS (  -- tenants with endpoints: message.analyzed in their change feed (migration 0017)
     INSERT INTO fanout_feed (tenant_id, type, instance_id, message_id)

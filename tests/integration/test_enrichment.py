@@ -438,7 +438,6 @@ async def test_the_analysis_update_is_hot_and_touches_no_index(
     keys = await conn.fetch("SELECT tenant_id, instance_id, message_id FROM messages")
     columns = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
     await conn.fetch(db.q("index_messages"), *columns)
-    vector = "[" + ",".join(["0.05"] * 512) + "]"
     before = await _updates(conn)
     saved = 0
     for i in range(0, 20, 4):  # as the worker writes: a few rows per transaction
@@ -451,8 +450,10 @@ async def test_the_analysis_update_is_hot_and_touches_no_index(
                 [0.8] * 4,
                 ["alegria"] * 4,
                 [90] * 4,
-                [vector] * 4,
+                [0.05] * (4 * 512),  # four vectors, flat
                 "test/1",
+                [0, 1, 2, 3],
+                512,
             )
         )
     updated, hot = (a - b for a, b in zip(await _updates(conn), before, strict=True))

@@ -384,8 +384,10 @@ async def test_the_analysis_is_delivered_as_message_analyzed(
         [0.8],
         ["joy"],
         [90],
-        [None],
+        [],  # no embedding: its slot is NULL
         "test/1",
+        [None],
+        512,
     )
     await until(lambda: len(r.accepted) == 1)
     doc = verified(ep["secret"], r.accepted[0])
