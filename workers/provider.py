@@ -70,12 +70,10 @@ class LocalProvider:
     def analyze(self, texts: list[str]) -> list[TextAnalysis]:
         """The rules' reading and the multilingual embedding, through the classifier learnt
         from the labelled Portuguese set (workers/classifier.py)."""
-        from workers.classifier import features
-
         if not texts:
             return []
         rules = self.sentiment.analyze_many(texts)
-        return self.classifier.analyses(features(self._vectors(texts), rules))
+        return self.classifier.analyze(texts, self._vectors(texts), rules)
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         return self._vectors(texts).tolist()

@@ -5,6 +5,8 @@ that makes the analysis worse fails here; the targets it has not reached are rep
 
 from __future__ import annotations
 
+import difflib
+
 import pytest
 
 from bench.bench_quality import band, examples, polarity, score
@@ -12,7 +14,7 @@ from workers.classifier import FITS, WEIGHTS
 from workers.provider import LocalProvider
 from workers.sentiment import EMOTIONS
 
-FLOORS = {"polarity": 78.0, "emotion": 71.0, "satisfaction": 72.0}
+FLOORS = {"polarity": 87.0, "emotion": 81.0, "satisfaction": 85.0}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def test_held_out_accuracy_stays_at_what_was_measured(provider: LocalProvider) -
     table = score(rows, provider.analyze([r["text"] for r in rows]))
     for measure, floor in FLOORS.items():
         assert table["all"][measure] >= floor, (measure, table["all"])
-    assert table["irony"]["polarity"] >= 60.0  # was 6.7 % with the rules alone
+    assert table["irony"]["polarity"] >= 73.0  # was 6.7 % with the rules alone
 
 
 def test_the_three_outputs_agree_with_each_other(provider: LocalProvider) -> None:
@@ -39,11 +41,28 @@ def test_the_three_outputs_agree_with_each_other(provider: LocalProvider) -> Non
         if pol == "neutral":
             assert band(a.satisfaction) == "mid", (text, a)
         if pol == "positive":
-            assert band(a.satisfaction) == "high", (text, a)
+            assert band(a.satisfaction) in ("high", "mid"), (text, a)
+        if pol == "negative":
+            assert band(a.satisfaction) in ("low", "mid"), (text, a)
+
+
+def test_no_held_out_message_is_a_near_copy_of_a_train_message() -> None:
+    """The split's promise (tests/fixtures/analysis_pt.md): held-out accuracy measures
+    sentences the classifier never saw, not train sentences with a word changed."""
+    train = [r["text"] for r in examples("train")]
+    for row in examples("heldout"):
+        matcher = difflib.SequenceMatcher(None, "", row["text"])
+        for text in train:
+            matcher.set_seq1(text)
+            if matcher.real_quick_ratio() > 0.7 and matcher.quick_ratio() > 0.7:
+                # the ratio depends on the order of the two texts: both are held to it
+                backwards = difflib.SequenceMatcher(None, row["text"], text).ratio()
+                assert max(matcher.ratio(), backwards) <= 0.7, (row["id"], row["text"], text)
 
 
 def test_the_weights_come_from_the_train_split_and_name_the_analyzer(
     provider: LocalProvider,
 ) -> None:
-    assert '"trained_on":"analysis_pt.jsonl train split' in WEIGHTS.read_text()
+    assert provider.classifier.meta["trained_on"].startswith("analysis_pt.jsonl train split")
+    assert WEIGHTS.name == "analysis_pt.npz"
     assert provider.classifier.version in provider.version
