@@ -1,6 +1,7 @@
 """The local analyzer's classifier: polarity, emotion and satisfaction band of a Portuguese
 customer message, learnt from the labelled set (tests/fixtures/analysis_pt.jsonl, train split
-only; the held-out split is never used to fit or tune it).
+only: the held-out split is never used to fit it or choose its settings; how it was used is in
+bench/RESULTS.md, "Analysis quality").
 
 Features, one row per message:
 
@@ -14,9 +15,10 @@ Features, one row per message:
   "nada a reclamar").
 
 Three multinomial logistic regressions on them: polarity, emotion and satisfaction band. They
-are fitted by L-BFGS, deterministic from zeros, with an L2 strength per output chosen by 5-fold
-cross-validation on the train split (``python -m workers.classifier --cv``); the weights are in
-``models/analysis_pt.npz``, made by ``python -m workers.classifier``.
+are fitted by L-BFGS, deterministic from zeros, with the L2 strength chosen by 5-fold
+cross-validation on the train split (with scikit-learn's equivalent regression while the
+design was chosen; ``python -m workers.classifier --cv`` repeats it here, slowly); the weights
+are in ``models/analysis_pt.npz``, made by ``python -m workers.classifier``.
 
 The three outputs are made consistent before they become a ``TextAnalysis``:
 
@@ -26,7 +28,8 @@ The three outputs are made consistent before they become a ``TextAnalysis``:
   positive; the others for negative);
 - the band is the most likely one it allows (mid for neutral; high or mid for positive; low or
   mid for negative);
-- the sentiment is P(positive) - P(negative), kept on the polarity's side of ±0.05;
+- the sentiment is P(positive) - P(negative), the two models' probabilities averaged, kept
+  on the polarity's side of ±0.05;
 - the satisfaction is a score inside the band (low < 40, mid 40-60, high > 60).
 """
 
@@ -53,11 +56,12 @@ POLARITIES = ("positive", "negative", "neutral")
 BANDS = ("low", "mid", "high")
 OUTPUTS = {"polarity": POLARITIES, "emotion": EMOTIONS, "satisfaction": BANDS}
 RULES_SCALE = 3.0  # the rules' features against the unit-length embedding and term rows
-FITS = {"neutral": {"neutro"}, "positive": {"alegria", "gratidão"}}
-NEGATIVE = tuple(e for e in EMOTIONS if e not in FITS["neutral"] | FITS["positive"])
+# the emotions each polarity allows, in EMOTIONS order (a tie goes to the first)
+FITS = {"neutral": ("neutro",), "positive": ("alegria", "gratidão")}
+NEGATIVE = tuple(e for e in EMOTIONS if e not in FITS["neutral"] + FITS["positive"])
 BANDS_OF = {"neutral": ("mid",), "positive": ("high", "mid"), "negative": ("low", "mid")}
-# chosen by 5-fold cross-validation on the train split (--cv), as the inverse L2 strength C
-# of a loss summed over the messages (scikit-learn's convention)
+# the inverse L2 strength C of a loss summed over the messages (scikit-learn's convention),
+# chosen by 5-fold cross-validation on the train split: 10, 30 and 100 were within 0.5 point
 C_CHOSEN = {"polarity": 30.0, "emotion": 30.0, "satisfaction": 30.0}
 C_GRID = (10.0, 30.0, 100.0)
 MIN_DF = 2

@@ -49,10 +49,16 @@ class LocalProvider:
     name = "local"
 
     def __init__(self, threads: int = 1) -> None:
+        from threadpoolctl import threadpool_limits
+
         from workers.classifier import Classifier
         from workers.embedding import Encoder
         from workers.sentiment import Sentiment
 
+        # numpy's BLAS on ``threads`` threads for the whole process (the classifier's products
+        # too, not only the encoder's): OpenBLAS's default, a spinning thread per core, took
+        # the CPU the worker's other thread and Postgres need (bench/RESULTS.md, "Enrichment")
+        threadpool_limits(limits=threads, user_api="blas")
         self.sentiment = Sentiment()
         self.encoder = Encoder(threads)
         self.classifier = Classifier()

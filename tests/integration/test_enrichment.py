@@ -464,6 +464,42 @@ async def test_the_analysis_update_is_hot_and_touches_no_index(
     assert dims == 20
 
 
+async def test_each_message_gets_its_own_embedding_from_the_flat_array(
+    deployment: Deployment, app: Starlette, conn: asyncpg.Connection
+) -> None:
+    """The save sends the batch's vectors as one flat real[] and each row its slot in it
+    (workers/store.py): a vector lands on its own message, a row without one keeps none."""
+    for i in range(3):
+        await deployment.post(upsert("acme-main", f"S{i}", f"mensagem {i}"))
+    keys = await conn.fetch(
+        "SELECT tenant_id, instance_id, message_id FROM messages ORDER BY message_id DESC"
+    )
+    columns = [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
+    await conn.fetch(db.q("index_messages"), *columns)
+    first = [0.5 if j == 0 else 0.0 for j in range(512)]
+    third = [0.25 if j == 511 else 0.0 for j in range(512)]
+    saved = await conn.fetch(
+        db.q("enrich_save"),
+        *columns,  # S2, S1, S0
+        ["done", "skipped", "done"],
+        [0.8, None, -0.5],
+        ["alegria", None, "raiva"],
+        [90, None, 10],
+        first + third,  # the two vectors, flat: S2 is slot 0, S0 slot 1, S1 has none
+        "test/1",
+        [0, None, 1],
+        512,
+    )
+    assert len(saved) == 3
+    rows = await conn.fetch(
+        "SELECT message_id, embedding::text AS v FROM message_search ORDER BY message_id"
+    )
+    got = {r["message_id"]: r["v"] for r in rows}
+    assert got["S1"] is None
+    assert [float(x) for x in got["S2"].strip("[]").split(",")] == first
+    assert [float(x) for x in got["S0"].strip("[]").split(",")] == third
+
+
 async def test_reconciler_walks_from_its_watermark_and_reindexes_what_was_never_indexed(
     deployment: Deployment, app: Starlette, conn: asyncpg.Connection, database_url: str
 ) -> None:

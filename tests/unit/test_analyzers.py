@@ -138,6 +138,28 @@ def test_the_encoder_holds_blas_to_its_own_threads(encoder: Encoder) -> None:
     assert seen and set(seen) == {1}
 
 
+def test_the_local_provider_holds_blas_to_one_thread_for_the_whole_analysis() -> None:
+    """The classifier's products run outside the encoder's own limit: the provider sets it
+    for the process."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from workers.provider import LocalProvider
+
+    with threadpool_limits(limits=2, user_api="blas"):  # as OpenBLAS starts on 2+ cores
+        provider = LocalProvider()
+        seen: list[int] = []
+        analyses = provider.classifier.analyses
+
+        def watched(x: object) -> object:
+            blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+            seen.extend(lib["num_threads"] for lib in blas)
+            return analyses(x)  # type: ignore[arg-type]
+
+        provider.classifier.analyses = watched  # type: ignore[method-assign]
+        provider.analyze(["o pedido chegou certinho, obrigado"])
+    assert seen and set(seen) == {1}
+
+
 def test_portuguese_paraphrases_are_closer_than_unrelated_sentences(encoder: Encoder) -> None:
     """Each sentence's nearest neighbour is its paraphrase; four of the five pairs share no
     word (the English MiniLM this replaced ranked Portuguese mostly by shared words)."""
