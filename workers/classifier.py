@@ -290,7 +290,10 @@ def _labels(rows: list[dict[str, Any]], name: str) -> np.ndarray:
 
 
 def cross_validate(
-    texts: list[str], base: np.ndarray, rows: list[dict[str, Any]]
+    texts: list[str],
+    embeddings: np.ndarray,
+    analyses: list[TextAnalysis],
+    rows: list[dict[str, Any]],
 ) -> dict[str, dict[float, float]]:
     """5-fold accuracy of each output for each C in C_GRID (the vocabulary learnt on the
     training folds only)."""
@@ -299,7 +302,7 @@ def cross_validate(
     for f in range(5):
         train, test = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
         vocab = Terms.learn([texts[i] for i in train])
-        x = np.hstack([base, vocab.matrix(texts)])
+        x = features(embeddings, analyses, vocab.matrix(texts))
         for name, classes in OUTPUTS.items():
             y = _labels(rows, name)
             for c in C_GRID:
@@ -319,13 +322,13 @@ def main() -> None:
     rows = [r for r in rows if r["split"] == "train"]  # never the held-out split
     texts = [r["text"] for r in rows]
     analyses = Sentiment().analyze_many(texts)
-    base = np.hstack([Encoder().matrix(texts), RULES_SCALE * rule_features(analyses)])
+    embeddings = Encoder().matrix(texts)
     if args.cv:
-        for name, scores in cross_validate(texts, base, rows).items():
+        for name, scores in cross_validate(texts, embeddings, analyses, rows).items():
             print(name, {c: round(100 * a, 1) for c, a in scores.items()})
         return
     vocab = Terms.learn(texts)
-    x = np.hstack([base, vocab.matrix(texts)])
+    x = features(embeddings, analyses, vocab.matrix(texts))
     arrays: dict[str, np.ndarray] = {
         "vocabulary": np.asarray(vocab.vocabulary),
         "idf": vocab.idf,
