@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -62,14 +63,7 @@ class Server:
     log: Path
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop(self.process, timeout, sig)
 
 
 def start_server(database_url: str, tmp: Path, workers: int = 2, **env_extra: str) -> Server:
@@ -122,15 +116,20 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    """SIGTERM, then SIGKILL after ``timeout``; the exit code."""
+def stop(process: subprocess.Popen[bytes], timeout: float = 30, sig: int = signal.SIGTERM) -> int:
+    """``sig`` (SIGTERM), then SIGKILL after ``timeout``; the exit code. Whatever is left in
+    the process's session is killed too: a Granian worker whose main was killed (or that
+    outlived it) would go on serving, claiming backfill jobs and replaying the quarantine of
+    the tests that come after."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # its session (group)
+        os.killpg(process.pid, signal.SIGKILL)
     return process.returncode
 
 
